@@ -1,0 +1,84 @@
+"""Checkpoints without pickled code: safetensors for shipped weights, weights-only torch files for training state."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+FORMAT = "feedback_solver/1"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Write to a temporary file beside `path`, then rename: a crash never leaves a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def save_model(path: str | os.PathLike, model: nn.Module, task: str, cfg: DictConfig, meta: dict[str, Any]) -> Path:
+    """Weights plus the config that rebuilds the model and the task name that guards against misuse."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    header = {"format": FORMAT, "task": task, "config": OmegaConf.to_yaml(cfg), "meta": json.dumps(meta)}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+
+
+def read_model(path: str | os.PathLike, task: str) -> tuple[dict[str, torch.Tensor], DictConfig, dict[str, Any]]:
+    """Read a model checkpoint, refusing files of another task, foreign files and truncated files by name."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (train one with `fbsolve train {task}`)")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"checkpoint {path} is truncated or not a safetensors file: {err}") from err
+    if header.get("format") != FORMAT:
+        raise ValueError(f"checkpoint {path} was not written by feedback_solver (format {header.get('format')!r})")
+    if header.get("task") != task:
+        raise ValueError(f"checkpoint {path} belongs to task {header.get('task')!r}, not {task!r}")
+    return tensors, OmegaConf.create(header["config"]), json.loads(header.get("meta", "{}"))
+
+
+def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Load weights strictly, naming the mismatch when the checkpoint's shape differs from the model's."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    extra = sorted(set(tensors) - set(own))
+    wrong = [k for k in own if k in tensors and own[k].shape != tensors[k].shape]
+    if missing or extra or wrong:
+        detail = (f"missing {missing[:3]}" if missing else "") + (f" unexpected {extra[:3]}" if extra else "")
+        detail += "".join(f" {k}: {tuple(tensors[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:3])
+        raise ValueError(f"checkpoint {source} does not fit this model (another shape or config):{detail}")
+    model.load_state_dict(tensors)
+
+
+def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Training state (weights, optimiser, position in the schedule) for --resume."""
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    """Read training state with weights_only=True, so a doctored file cannot run code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise ValueError(f"training state {path} is truncated or corrupt ({err}); delete it to start afresh") from err

@@ -1,0 +1,134 @@
+"""`fbsolve`: list tasks, train, solve, benchmark, demo; every task through the same commands."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from feedback_solver import registry
+from feedback_solver.config import load_config
+from feedback_solver.problem import Task
+
+
+def base_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fbsolve", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("tasks", help="list registered task plugins")
+    t = sub.add_parser("train", help="train a solver (shipped checkpoint path by default)")
+    t.add_argument("--variant", default="feedback", help="config variant: feedback, feedback_shared, regression, ...")
+    t.add_argument("--out", help="checkpoint path (default: the task's checkpoints/<variant>.safetensors)")
+    t.add_argument("--resume", action="store_true", help="continue from <out>.state.pt")
+    s = sub.add_parser("solve", help="solve a user's observation with a shipped checkpoint")
+    s.add_argument("--checkpoint", help="model checkpoint (default: the shipped feedback checkpoint)")
+    s.add_argument("--steps", type=int, help="number of solver steps (default: as trained)")
+    s.add_argument("--out", default="out/solve", help="output folder")
+    b = sub.add_parser("bench", help="benchmark methods on the test split")
+    b.add_argument("--out", default="out/bench", help="report folder")
+    b.add_argument("--samples", type=int, help="test samples (default: bench.samples)")
+    b.add_argument("--methods", help="comma-separated methods (default: bench.methods)")
+    b.add_argument("--seed", type=int, help="test sampling seed (default: seed)")
+    b.add_argument("--checkpoints", help="folder of <variant>.safetensors (default: the task's shipped ones)")
+    d = sub.add_parser("demo", help="solve and benchmark every task with its shipped checkpoints")
+    d.add_argument("--out", default="out/demo")
+    d.add_argument("--samples", type=int, default=200)
+    for q in (t, s, b):
+        q.add_argument("task", help="registered task name (see `fbsolve tasks`)")
+        q.epilog = "Config overrides follow as key=value (e.g. train.iterations=100 solver.steps=6)."
+    return p
+
+
+def make_task(name: str, overrides: list[str], variant: str | None = None) -> tuple[Task, object]:
+    cls = registry.task_class(name)
+    cfg = load_config(cls, overrides, variant)
+    return cls(cfg), cfg
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Two passes: the task, once known, adds its own flags (e.g. --bvh) to its command."""
+    parser = base_parser()
+    args, _ = parser.parse_known_args(argv)
+    if args.command in ("train", "solve", "bench"):
+        cls = registry.task_class(args.task)
+        sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001 - argparse has no public API
+        cls.add_cli_options(sub, args.command)
+    args, rest = parser.parse_known_args(argv)
+    bad = [r for r in rest if r.startswith("-") or "=" not in r]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.overrides = rest
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parse(argv)
+        return COMMANDS[args.command](args, argv)
+    except (ValueError, KeyError, FileNotFoundError, NotImplementedError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"fbsolve: error: {msg}", file=sys.stderr)
+        return 2
+
+
+def cmd_tasks(args: argparse.Namespace, argv: list[str]) -> int:
+    for name, ep in sorted(registry.available().items()):
+        print(f"{name:16s} {ep.value}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
+    from feedback_solver.train import train
+
+    task, cfg = make_task(args.task, args.overrides, args.variant)
+    task.apply_cli_options(args, "train")
+    out = Path(args.out) if args.out else task.checkpoint_dir / f"{args.variant}.safetensors"
+    path = train(task, cfg, out, resume=args.resume)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_solve(args: argparse.Namespace, argv: list[str]) -> int:
+    from feedback_solver.bench import load_solver
+
+    task, _ = make_task(args.task, args.overrides)
+    task.apply_cli_options(args, "solve")
+    solver = load_solver(task, path=args.checkpoint)
+    batch = task.load_observation(args)
+    res = solver.solve(batch.y, batch.ctx, args.steps)
+    energy = res.trace.energies()
+    print(f"solved {len(batch)} observation(s) in {res.steps} steps, {res.seconds:.3f} s "
+          f"(forward model {res.forward_seconds:.3f} s); E_data median {float(energy[:, 0].median()):.4g} -> "
+          f"{float(energy[:, -1].median()):.4g}")
+    for path in task.write_solution(res.x, batch, args):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
+    from feedback_solver.bench import run_bench
+
+    task, cfg = make_task(args.task, args.overrides)
+    task.apply_cli_options(args, "bench")
+    methods = args.methods.split(",") if args.methods else None
+    ckpt = Path(args.checkpoints) if getattr(args, "checkpoints", None) else None
+    res = run_bench(task, cfg, args.out, methods, args.samples, args.seed, "fbsolve " + shlex.join(argv), ckpt)
+    print((Path(args.out) / f"{res['task']}.md").read_text())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, argv: list[str]) -> int:
+    """Each registered task with shipped checkpoints: a benchmark of the learned solver against its baselines."""
+    for name in sorted(registry.available()):
+        task, _ = make_task(name, [])
+        if not (task.checkpoint_dir / "feedback.safetensors").exists():
+            print(f"{name}: no shipped checkpoint, skipped")
+            continue
+        cmd_bench(parse(["bench", name, "--out", args.out, "--samples", str(args.samples)]), argv)
+    return 0
+
+
+COMMANDS = {"tasks": cmd_tasks, "train": cmd_train, "solve": cmd_solve, "bench": cmd_bench, "demo": cmd_demo}
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,105 @@
+"""Configs: core defaults < configs/<task>.yaml (or the plugin's default_config) < variant < key=value overrides."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from feedback_solver.feedback import INPUTS
+
+DEFAULTS: dict[str, Any] = {
+    "task": {},
+    "seed": 0,
+    "device": "cpu",
+    "model": {},
+    "feedback": {"inputs": ["y", "y_t", "residual"]},
+    "solver": {
+        "steps": 4,
+        "mode": "stagewise",
+        "init": "constant",
+        "damping": {"enabled": True, "max_halvings": 4, "factor": 0.5},
+    },
+    "train": {
+        "schedule": "progressive",
+        "supervision": "deep",
+        "batch_size": 128,
+        "iterations": 1000,
+        "init_iterations": 1000,
+        "finetune_iterations": 0,
+        "lr": 1e-3,
+        "lr_final": 1e-5,
+        "checkpoint_every": 200,
+        "log_every": 100,
+        "val_samples": 256,
+    },
+    "bench": {
+        "samples": 500,
+        "slow_samples": 50,
+        "methods": ["feedback", "regression", "adam", "lbfgs"],
+        "batch_size": 500,
+        "primary_metric": "",
+    },
+    "baselines": {
+        "max_iterations": 500,
+        "patience": 20,
+        "rel_tol": 1e-6,
+        "prior_weight": 0.0,
+        "adam": {"lr": 0.01},
+        "lbfgs": {"lr": 1.0, "history_size": 20},
+        "hybrid": "lbfgs",
+    },
+    "variants": {},
+}
+
+
+def config_dir() -> Path:
+    """configs/ of this checkout, or FBSOLVE_CONFIG_DIR."""
+    return Path(os.environ.get("FBSOLVE_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
+
+
+def task_defaults(task_cls: type) -> DictConfig:
+    """The task's own config file if the checkout has one, else the plugin's default_config."""
+    path = config_dir() / f"{task_cls.name}.yaml"
+    return OmegaConf.load(path) if path.is_file() else OmegaConf.create(dict(task_cls.default_config))
+
+
+def load_config(task_cls: type, overrides: list[str] | None = None, variant: str | None = None) -> DictConfig:
+    """Merge the layers and validate; an unknown override key is an error, not silently ignored."""
+    cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), task_defaults(task_cls))
+    if variant and variant != "feedback":
+        if variant not in cfg.variants:
+            raise KeyError(f"task {task_cls.name!r} has no variant {variant!r} (known: {', '.join(cfg.variants)})")
+        cfg = OmegaConf.merge(cfg, cfg.variants[variant])
+    OmegaConf.set_struct(cfg, True)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key = item.split("=", 1)[0]
+        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            raise KeyError(f"unknown config key {key!r} in override {item!r}")
+    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides or []))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Refuse inconsistent settings with a message that names the key."""
+    s = cfg.solver
+    if s.mode not in ("shared", "stagewise"):
+        raise ValueError(f"solver.mode must be shared or stagewise, got {s.mode!r}")
+    if s.init not in ("constant", "learned"):
+        raise ValueError(f"solver.init must be constant or learned, got {s.init!r}")
+    if s.steps < 0:
+        raise ValueError(f"solver.steps must be >= 0, got {s.steps}")
+    bad = [k for k in cfg.feedback.inputs if k not in INPUTS]
+    if bad:
+        raise ValueError(f"feedback.inputs: unknown {bad}; choose from {list(INPUTS)}")
+    t = cfg.train
+    if t.schedule not in ("progressive", "joint"):
+        raise ValueError(f"train.schedule must be progressive or joint, got {t.schedule!r}")
+    if t.schedule == "progressive" and s.mode == "shared" and s.steps > 1:
+        raise ValueError("train.schedule=progressive needs solver.mode=stagewise (shared weights train jointly)")
+    if t.supervision not in ("deep", "final"):
+        raise ValueError(f"train.supervision must be deep or final, got {t.supervision!r}")

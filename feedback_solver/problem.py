@@ -1,0 +1,147 @@
+"""The Task protocol a plugin implements, and the Batch that carries (x, y, ctx) through the core."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from feedback_solver.spaces import Space
+
+
+def index_ctx(ctx: dict[str, Any], idx: Tensor, batch_size: int) -> dict[str, Any]:
+    """Select samples of per-sample context entries so damping and sharding can work on subsets."""
+    out: dict[str, Any] = {}
+    for key, value in ctx.items():
+        if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch_size:
+            out[key] = value[idx]
+        elif isinstance(value, list) and len(value) == batch_size:
+            out[key] = [value[i] for i in idx.tolist()]
+        else:
+            out[key] = value
+    return out
+
+
+@dataclass
+class Batch:
+    """Observations y with their context and, for synthetic data, the true parameters x."""
+
+    y: Tensor
+    x: Tensor | None = None
+    ctx: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
+
+    def index(self, idx: Tensor | slice) -> "Batch":
+        """Sub-batch, so benchmarks can run slow methods on a fixed subset."""
+        if isinstance(idx, slice):
+            idx = torch.arange(len(self))[idx]
+        return Batch(self.y[idx], None if self.x is None else self.x[idx], index_ctx(self.ctx, idx, len(self)))
+
+    def to(self, device: torch.device | str) -> "Batch":
+        """Move tensors, leaving shared objects (meshes, skeletons) alone."""
+        ctx = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.ctx.items()}
+        return Batch(self.y.to(device), None if self.x is None else self.x.to(device), ctx)
+
+
+@runtime_checkable
+class ForwardModel(Protocol):
+    """A batched forward model f(x, ctx) -> y; `differentiable` says whether autograd through it is valid."""
+
+    differentiable: bool
+
+    def __call__(self, x: Tensor, ctx: dict[str, Any]) -> Tensor: ...
+
+
+class Task:
+    """Base class of a task plugin: subclass it and register it under the `feedback_solver.tasks` entry point."""
+
+    name: str = "task"
+    #: whether autograd through `forward` is valid (gradient feedback, Adam and L-BFGS need it or a surrogate)
+    differentiable: bool = False
+    #: the config used when no configs/<name>.yaml exists (user plugins outside this repo)
+    default_config: dict[str, Any] = {}
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+
+    # --- the physics -------------------------------------------------------------------------
+    @property
+    def space(self) -> Space:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, ctx: dict[str, Any]) -> Tensor:
+        raise NotImplementedError
+
+    def surrogate_forward(self, x: Tensor, ctx: dict[str, Any]) -> Tensor:
+        """Differentiable stand-in for `forward`; tasks with a differentiable forward use it as is."""
+        if not self.differentiable:
+            raise NotImplementedError(f"task {self.name!r}: forward is not differentiable and no surrogate is given")
+        return self.forward(x, ctx)
+
+    def energy(self, y_pred: Tensor, y_obs: Tensor) -> Tensor:
+        """Per-sample data term; mean squared residual unless the task says otherwise."""
+        return (y_pred - y_obs).flatten(1).pow(2).mean(1)
+
+    def prior(self, x: Tensor) -> Tensor | None:
+        """Per-sample prior energy for the optimiser baselines, or None."""
+        return None
+
+    # --- data and evaluation -----------------------------------------------------------------
+    def sample(self, n: int, split: str, seed: int) -> Batch:
+        raise NotImplementedError
+
+    def initial(self, batch: Batch) -> Tensor:
+        """Constant or analytic start x0 for solvers without a learned initializer and for the baselines."""
+        raise NotImplementedError
+
+    def metrics(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def is_outlier(self, metrics: dict[str, Tensor]) -> Tensor | None:
+        """Per-sample outlier flags, or None when the task has no outlier rule."""
+        return None
+
+    def loss(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any]) -> Tensor:
+        """Supervised loss at one unrolled stage; the space's distance unless the task says otherwise."""
+        return self.space.distance(x_pred, x_true).mean()
+
+    # --- learned parts -------------------------------------------------------------------------
+    def make_update(self, inputs: list[str], model: DictConfig) -> nn.Module:
+        """One update net from the config's `model` section: forward(fb: dict[str, Tensor], h) -> (dx tangent, h)."""
+        raise NotImplementedError
+
+    def make_initializer(self, model: DictConfig) -> nn.Module | None:
+        """A learned initializer: forward(y, ctx, x0) -> x0', or None for the constant/analytic start."""
+        return None
+
+    # --- command line --------------------------------------------------------------------------
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where shipped checkpoints live; a plugin's own package folder by default."""
+        import inspect
+
+        return Path(inspect.getfile(type(self))).parent / "checkpoints"
+
+    def add_cli_options(self, parser: argparse.ArgumentParser, command: str) -> None:
+        """Task-specific flags for `fbsolve solve|bench TASK`."""
+
+    def apply_cli_options(self, args: argparse.Namespace, command: str) -> None:
+        """Apply the flags of `add_cli_options` (e.g. a user's data file) before sampling."""
+
+    def describe_data(self, split: str) -> str:
+        """One line naming the data a split is drawn from, for benchmark reports."""
+        return f"{self.name} {split} split"
+
+    def load_observation(self, args: argparse.Namespace) -> Batch:
+        """Read a user's observation for `fbsolve solve`."""
+        raise NotImplementedError(f"task {self.name!r} does not support `fbsolve solve`")
+
+    def write_solution(self, x: Tensor, batch: Batch, args: argparse.Namespace) -> list[Path]:
+        """Write the recovered parameters of `fbsolve solve`; returns the files written."""
+        raise NotImplementedError

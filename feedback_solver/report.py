@@ -1,0 +1,338 @@
+"""Benchmark report writer: one result dict -> <task>.json, <task>.md, <task>_steps.png.
+
+The result schema is documented on :func:`write_report`.  Plotting uses the Agg
+canvas directly (no pyplot), so it works headless and never touches the global
+matplotlib backend or figure registry of the calling process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = ["write_report", "load_report", "to_builtin"]
+
+MISSING = "–"  # en dash, shown for None / NaN / absent values
+REFERENCE_METHOD = "feedback"
+PNG_DPI = 120
+MAX_MARKED_POINTS = 50  # beyond this, per-point markers just smear the line
+
+
+# --------------------------------------------------------------------------- #
+# JSON
+# --------------------------------------------------------------------------- #
+def to_builtin(obj: Any) -> Any:
+    """Make numpy/torch values JSON-serialisable so json.dump never chokes on them."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)  # also strips int subclasses
+    if isinstance(obj, float):
+        return float(obj)  # np.float64 subclasses float; normalise it anyway
+    if isinstance(obj, Mapping):
+        return {str(k): to_builtin(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_builtin(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy scalar/array, torch tensor: duck-typed, no torch import
+        return to_builtin(obj.tolist())
+    try:
+        return float(obj)
+    except (TypeError, ValueError):
+        raise TypeError(f"cannot serialise {type(obj).__name__} in a benchmark result") from None
+
+
+def _write_json(result: dict, path: pathlib.Path) -> None:
+    """Keep key order and indentation stable so reports diff cleanly."""
+    with path.open("w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
+def load_report(path: str | os.PathLike) -> dict:
+    """Read back a report JSON so results can be compared or re-rendered."""
+    with pathlib.Path(path).open(encoding="utf-8") as f:
+        return json.load(f)
+
+
+# --------------------------------------------------------------------------- #
+# number formatting
+# --------------------------------------------------------------------------- #
+def _is_missing(x: Any) -> bool:
+    """None and NaN both mean 'no value' in a report cell."""
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def fmt_num(x: Any) -> str:
+    """Three significant digits is enough to compare methods at a glance."""
+    if _is_missing(x):
+        return MISSING
+    x = float(x)
+    if 1e3 <= abs(x) < 1e6:
+        return f"{x:.0f}"  # step counts like 1000 read badly as 1e+03
+    return f"{x:.3g}"
+
+
+def fmt_percent(rate: Any) -> str:
+    """Outlier rates are stored as fractions but read more naturally as percent."""
+    return MISSING if _is_missing(rate) else f"{100.0 * float(rate):.3g}"
+
+
+def fmt_seconds(x: Any) -> str:
+    """Per-sample times span many decades; ms reads best in the middle range."""
+    if _is_missing(x):
+        return MISSING
+    x = float(x)
+    if x == 0 or x >= 1.0:
+        return f"{x:.3g} s"
+    if x >= 1e-3:
+        return f"{x * 1e3:.3g} ms"
+    if x >= 1e-6:
+        return f"{x * 1e6:.3g} µs"
+    return f"{x:.3g} s"
+
+
+def fmt_ratio(r: float) -> str:
+    """Large ratios are clearer as whole numbers than in scientific notation."""
+    return f"{r:,.0f}x" if r >= 100 else f"{r:.3g}x"
+
+
+# --------------------------------------------------------------------------- #
+# markdown
+# --------------------------------------------------------------------------- #
+def _metric_names(methods: Mapping[str, dict]) -> list[str]:
+    """Union of metrics in first-seen order, so methods with extra metrics still fit."""
+    names: dict[str, None] = {}
+    for m in methods.values():
+        names.update(dict.fromkeys((m.get("metrics") or {}).keys()))
+    return list(names)
+
+
+def _md_escape(text: str) -> str:
+    """A '|' inside a cell would split the markdown table row."""
+    return str(text).replace("|", "\\|")
+
+
+def _table_row(cells: Iterable[str]) -> str:
+    """Markdown tables need leading and trailing pipes for most renderers."""
+    return "| " + " | ".join(cells) + " |"
+
+
+def _method_cells(name: str, m: Mapping[str, Any], metrics: list[str]) -> list[str]:
+    """One row per method; absent fields render as the missing marker."""
+    cells = [_md_escape(name)]
+    for metric in metrics:
+        stats = (m.get("metrics") or {}).get(metric) or {}
+        cells += [fmt_num(stats.get("mean")), fmt_num(stats.get("median"))]
+    cells += [
+        fmt_percent(m.get("outlier_rate")),
+        fmt_num(m.get("steps")),
+        fmt_seconds(m.get("seconds_per_sample")),
+        fmt_seconds(m.get("forward_seconds_per_sample")),
+    ]
+    return cells
+
+
+def methods_table(methods: Mapping[str, dict]) -> list[str]:
+    """Shared table layout so the full and subset sections line up."""
+    metrics = _metric_names(methods)
+    header = ["method"]
+    for metric in metrics:
+        header += [f"{metric} mean", f"{metric} median"]
+    header += ["outliers %", "steps", "s/sample", "forward s/sample"]
+    lines = [_table_row(header), _table_row(["---"] * len(header))]
+    lines += [_table_row(_method_cells(n, m, metrics)) for n, m in methods.items()]
+    return lines
+
+
+def time_ratio_line(methods: Mapping[str, dict], ref: str = REFERENCE_METHOD) -> str | None:
+    """The headline comparison is cost per sample relative to the learned solver."""
+    ref_time = (methods.get(ref) or {}).get("seconds_per_sample")
+    if _is_missing(ref_time) or float(ref_time) <= 0:
+        return None
+    parts = []
+    for name, m in methods.items():
+        t = m.get("seconds_per_sample")
+        if name == ref or _is_missing(t):
+            continue
+        parts.append(f"{_md_escape(name)} takes {fmt_ratio(float(t) / float(ref_time))} "
+                     f"the time of {ref} per sample")
+    return ("Time per sample relative to " + ref + ": " + "; ".join(parts) + ".") if parts else None
+
+
+def _section(title: str, methods: Mapping[str, dict], note: str | None = None) -> list[str]:
+    """Table plus ratio line, so each section is self-contained."""
+    lines = [f"## {title}", ""]
+    if note:
+        lines += [_md_escape(note), ""]
+    lines += methods_table(methods)
+    ratio = time_ratio_line(methods)
+    if ratio:
+        lines += ["", ratio]
+    return lines + [""]
+
+
+def _labelled_methods(result: Mapping[str, Any]) -> list[tuple[str, dict]]:
+    """Subset methods get a suffix so they are distinguishable from full-run ones."""
+    items = [(n, m) for n, m in (result.get("methods") or {}).items()]
+    subset = result.get("subset") or {}
+    items += [(f"{n} (subset)", m) for n, m in (subset.get("methods") or {}).items()]
+    return items
+
+
+def energy_lines(result: Mapping[str, Any]) -> list[str]:
+    """Monotone energy is a correctness property worth listing separately."""
+    rows = [(label, m["energy_monotone"]) for label, m in _labelled_methods(result)
+            if not _is_missing(m.get("energy_monotone"))]
+    if not rows:
+        return []
+    lines = ["## Energy monotonicity", "",
+             "Fraction of samples whose energy never rose:", ""]
+    lines += [f"- {_md_escape(label)}: {fmt_percent(v)}%" for label, v in rows]
+    return lines + [""]
+
+
+def _header_lines(result: Mapping[str, Any]) -> list[str]:
+    """Provenance first, so a reader knows how to reproduce the numbers."""
+    lines = [f"# Benchmark: {result.get('task', MISSING)}", ""]
+    lines.append(f"- Data: {result.get('data', MISSING)}")
+    seed = result.get("seed")
+    lines.append(f"- Seed: {MISSING if seed is None else seed}")
+    if result.get("command"):
+        lines.append(f"- Command: `{result['command']}`")
+    if result.get("primary_metric"):
+        lines.append(f"- Primary metric: {result['primary_metric']}")
+    return lines + [""]
+
+
+def render_markdown(result: Mapping[str, Any], png_name: str | None = None) -> str:
+    """Human-readable summary that sits next to the raw JSON."""
+    lines = _header_lines(result)
+    lines += _section("All samples", result.get("methods") or {})
+    subset = result.get("subset")
+    if subset and subset.get("methods"):
+        n = subset.get("samples")
+        title = f"Subset ({n} samples)" if n is not None else "Subset"
+        lines += _section(title, subset["methods"], subset.get("note"))
+    lines += energy_lines(result)
+    if png_name:
+        lines += [f"![{result.get('primary_metric', 'metric')} vs step]({png_name})", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- #
+# plot
+# --------------------------------------------------------------------------- #
+def _floats(values: Iterable[Any]) -> list[float]:
+    """NaN leaves a gap in the line instead of failing on None."""
+    return [math.nan if _is_missing(v) else float(v) for v in values]
+
+
+def _primary_median(m: Mapping[str, Any], metric: str) -> float | None:
+    """Methods without a curve are drawn at their final median."""
+    value = ((m.get("metrics") or {}).get(metric) or {}).get("median")
+    return None if _is_missing(value) else float(value)
+
+
+def _plot_series(result: Mapping[str, Any], metric: str) -> tuple[list, list]:
+    """Split methods into curves and flat reference lines."""
+    curves, flats = [], []
+    for label, m in _labelled_methods(result):
+        curve = m.get("curve") or {}
+        if curve.get("step") and curve.get("median"):
+            curves.append((label, _floats(curve["step"]), _floats(curve["median"])))
+        elif (median := _primary_median(m, metric)) is not None:
+            flats.append((label, median))
+    return curves, flats
+
+
+def _all_positive(curves: list, flats: list) -> bool:
+    """Log y only makes sense if nothing is zero or negative."""
+    ys = [y for _, _, ys in curves for y in ys if not math.isnan(y)] + [y for _, y in flats]
+    return bool(ys) and all(y > 0 for y in ys)
+
+
+def _base_name(label: str) -> str:
+    """Same method in both sections should share a colour."""
+    return label.removesuffix(" (subset)")
+
+
+def _draw(ax: Any, curves: list, flats: list) -> None:
+    """Same colour per method across sections; subset curves dotted, curveless methods dashed."""
+    colours: dict[str, str] = {}
+    for label, xs, ys in curves + [(lab, None, y) for lab, y in flats]:
+        colour = colours.setdefault(_base_name(label), f"C{len(colours) % 10}")
+        if xs is None:
+            ax.axhline(ys, color=colour, linestyle="--", linewidth=1.2, label=label)
+        else:
+            style = ":" if label.endswith("(subset)") else "-"
+            marker = "." if len(xs) <= MAX_MARKED_POINTS else None
+            ax.plot(xs, ys, style, color=colour, marker=marker, markersize=4, label=label)
+
+
+def render_steps_plot(result: Mapping[str, Any], path: pathlib.Path) -> None:
+    """Shows how the primary metric converges with steps for every method."""
+    metric = result.get("primary_metric") or "metric"
+    curves, flats = _plot_series(result, metric)
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    _draw(ax, curves, flats)
+    ax.set_xscale("symlog", linthresh=1)  # linear in [0, 1] so step 0 is visible
+    ax.set_xlim(left=0)  # steps are never negative; symlog would otherwise mirror the axis
+    if _all_positive(curves, flats):
+        ax.set_yscale("log")
+    ax.set_xlabel("step / iteration")
+    ax.set_ylabel(f"{metric} (median)")
+    ax.set_title(f"{result.get('task', '')}: {metric} vs step")
+    ax.grid(True, which="both", alpha=0.3)
+    if curves or flats:
+        ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=PNG_DPI)
+
+
+# --------------------------------------------------------------------------- #
+# entry point
+# --------------------------------------------------------------------------- #
+def _file_stem(task: Any) -> str:
+    """Task names become file names, so strip anything that could escape out_dir."""
+    stem = re.sub(r"[^\w.-]+", "_", str(task)).strip("._")
+    return stem or "task"
+
+
+def write_report(result: dict, out_dir: str | os.PathLike) -> dict[str, pathlib.Path]:
+    """Writes out_dir/<task>.json, <task>.md, <task>_steps.png; returns {"json":..., "md":..., "png":...}.
+
+    Schema (``result``)::
+
+        {"task": str, "data": str, "seed": int, "command": str (optional),
+         "primary_metric": str,
+         "methods": {NAME: {"metrics": {METRIC: {"mean", "median", "std"}},
+                            "outlier_rate": fraction | None, "steps": float,
+                            "seconds_per_sample": float,
+                            "forward_seconds_per_sample": float | None,
+                            "samples": int,
+                            "curve": {"step": [...], "median": [...], "mean": [...]} (optional),
+                            "energy_monotone": fraction | None (optional)}},
+         "subset": {"samples": int, "note": str, "methods": {...}} (optional)}
+    """
+    clean = to_builtin(result)
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = _file_stem(clean.get("task", "task"))
+    paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md",
+             "png": out / f"{stem}_steps.png"}
+    _write_json(clean, paths["json"])
+    render_steps_plot(clean, paths["png"])
+    paths["md"].write_text(render_markdown(clean, paths["png"].name), encoding="utf-8")
+    return paths

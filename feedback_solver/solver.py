@@ -1,0 +1,144 @@
+"""The learned-feedback loop: x0 = init(y); x_{t+1} = accept(x_t, update_t(feedback(x_t)))."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from feedback_solver.acceptance import AlwaysAccept, LMDamping
+from feedback_solver.feedback import Feedback
+from feedback_solver.problem import Batch
+from feedback_solver.update import Stages
+
+if TYPE_CHECKING:
+    from feedback_solver.problem import Task
+
+
+@dataclass
+class Trace:
+    """Per step: the states, energies (B x T+1), step scales (B x T) and where the time went."""
+
+    x: list[Tensor] = field(default_factory=list)
+    energy: list[Tensor] = field(default_factory=list)
+    lam: list[Tensor] = field(default_factory=list)
+    forward_seconds: list[float] = field(default_factory=list)
+    update_seconds: list[float] = field(default_factory=list)
+    init_seconds: float = 0.0
+
+    def energies(self) -> Tensor:
+        return torch.stack(self.energy, 1)
+
+    def lambdas(self) -> Tensor:
+        return torch.stack(self.lam, 1) if self.lam else torch.zeros(len(self.x[0]), 0)
+
+
+@dataclass
+class SolveResult:
+    """The final estimate and how the solver got there."""
+
+    x: Tensor
+    trace: Trace
+    steps: int
+
+    @property
+    def seconds(self) -> float:
+        t = self.trace
+        return t.init_seconds + sum(t.forward_seconds) + sum(t.update_seconds)
+
+    @property
+    def forward_seconds(self) -> float:
+        return sum(self.trace.forward_seconds)
+
+
+class FeedbackSolver(nn.Module):
+    """A learned initializer (optional) and update stages, run against a task's forward model."""
+
+    def __init__(
+        self,
+        task: "Task",
+        stages: Stages | None,
+        feedback: Feedback,
+        acceptance: AlwaysAccept | LMDamping,
+        steps: int,
+        initializer: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.task, self.stages, self.initializer = task, stages, initializer
+        self.feedback, self.acceptance, self.steps = feedback, acceptance, steps
+
+    def init(self, y: Tensor, ctx: dict[str, Any]) -> Tensor:
+        x0 = self.task.initial(Batch(y, None, ctx))
+        return x0 if self.initializer is None else self.task.space.project(self.initializer(y, ctx, x0))
+
+    def propose(self, t: int, x: Tensor, y: Tensor, ctx: dict[str, Any], h: Any, y_t: Tensor | None = None):
+        """One feedback evaluation and one update-net call: (dx, h, feedback)."""
+        fb = self.feedback(self.task, x, y, ctx, y_t)
+        if self.stages is None:
+            raise ValueError("this solver has no update stages (steps = 0): it is an initializer only")
+        dx, h = self.stages(t, fb.inputs, h)
+        return dx, h, fb
+
+    @torch.no_grad()
+    def solve(self, y: Tensor, ctx: dict[str, Any], steps: int | None = None) -> SolveResult:
+        """Solve a batch; running past the trained number of steps repeats the last (or shared) stage."""
+        steps = self.steps if steps is None else steps
+        was_training = self.training
+        self.eval()
+        trace = Trace()
+        start = time.perf_counter()
+        x = self.init(y, ctx)
+        trace.init_seconds = time.perf_counter() - start
+        h, y_t = None, None
+        for t in range(steps):
+            start = time.perf_counter()
+            dx, h, fb = self.propose(t, x, y, ctx, h, y_t)
+            update_s = time.perf_counter() - start - fb.seconds
+            trace.x.append(x)
+            trace.energy.append(fb.energy)
+            start = time.perf_counter()
+            acc = self.acceptance(self.task, x, dx, y, ctx, fb.energy, fb.y_t)
+            trace.update_seconds.append(update_s + time.perf_counter() - start - acc.seconds)
+            trace.forward_seconds.append(fb.seconds + acc.seconds)
+            trace.lam.append(acc.lam)
+            x, y_t = acc.x, acc.y_t
+        trace.x.append(x)
+        start = time.perf_counter()
+        if y_t is None:
+            y_t = self.task.forward(x, ctx)
+        trace.energy.append(self.task.energy(y_t, y))
+        trace.forward_seconds.append(time.perf_counter() - start)
+        self.train(was_training)
+        return SolveResult(x, trace, steps)
+
+    def unroll(self, batch: Batch, steps: int) -> list[Tensor]:
+        """Differentiable unrolled states x_0..x_T for training (full steps, no damping, feedback detached)."""
+        x = self.init(batch.y, batch.ctx)
+        states, h = [x], None
+        for t in range(steps):
+            dx, h, _ = self.propose(t, x, batch.y, batch.ctx, h)
+            x = self.task.space.retract(x, dx)
+            states.append(x)
+        return states
+
+
+def build_solver(task: "Task", cfg: DictConfig) -> FeedbackSolver:
+    """Assemble a solver from the `solver` and `feedback` sections of a config."""
+    scfg = cfg.solver
+    inputs = list(cfg.feedback.inputs)
+    feedback = Feedback(inputs)
+    if feedback.needs_gradient and not task.differentiable:
+        try:
+            task.surrogate_forward  # noqa: B018 - a surrogate must exist for gradient feedback
+        except NotImplementedError as err:
+            raise ValueError(str(err)) from err
+    stages = None if scfg.steps == 0 else Stages(lambda: task.make_update(inputs, cfg.model), scfg.steps, scfg.mode)
+    damping = scfg.damping
+    acceptance = LMDamping(damping.max_halvings, damping.factor) if damping.enabled else AlwaysAccept()
+    initializer = task.make_initializer(cfg.model) if scfg.init == "learned" else None
+    if scfg.init == "learned" and initializer is None:
+        raise ValueError(f"solver.init=learned but task {task.name!r} has no learned initializer")
+    return FeedbackSolver(task, stages, feedback, acceptance, scfg.steps, initializer)

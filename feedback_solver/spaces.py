@@ -1,0 +1,119 @@
+"""Parameter spaces: how x is stored, updated (retract), compared (distance) and kept valid (project)."""
+from __future__ import annotations
+
+import math
+
+import roma
+import torch
+from torch import Tensor
+
+
+class Space:
+    """A manifold of parameters stored as B x dim, updated by tangent vectors of B x tangent_dim."""
+
+    dim: int
+    tangent_dim: int
+
+    def retract(self, x: Tensor, dx: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def distance(self, a: Tensor, b: Tensor) -> Tensor:
+        """Per-sample distance, the default supervised loss."""
+        raise NotImplementedError
+
+    def project(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def check(self, x: Tensor, what: str = "x") -> Tensor:
+        """Refuse wrongly shaped or non-finite parameters with a message naming them."""
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"{what}: expected shape (B, {self.dim}), got {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{what}: contains NaN or inf")
+        return x
+
+
+class Euclidean(Space):
+    """R^n, optionally clamped to a box so retract never leaves the allowed domain."""
+
+    def __init__(self, dim: int, low: float | Tensor | None = None, high: float | Tensor | None = None):
+        self.dim = self.tangent_dim = dim
+        self.low, self.high = low, high
+
+    def project(self, x: Tensor) -> Tensor:
+        if self.low is None and self.high is None:
+            return x
+        return torch.clamp(x, self.low, self.high)
+
+    def retract(self, x: Tensor, dx: Tensor) -> Tensor:
+        return self.project(x + dx)
+
+    def distance(self, a: Tensor, b: Tensor) -> Tensor:
+        return (a - b).norm(dim=1)
+
+
+def sixd_to_rotmat(x6: Tensor) -> Tensor:
+    """(..., 6) -> (..., 3, 3) by Gram-Schmidt (Zhou et al. 2019): the 6D numbers are the first two columns."""
+    return roma.special_gramschmidt(x6.reshape(*x6.shape[:-1], 2, 3).transpose(-1, -2))
+
+
+def rotmat_to_sixd(rot: Tensor) -> Tensor:
+    """(..., 3, 3) -> (..., 6): the first two columns, column after column."""
+    return rot[..., :, :2].transpose(-1, -2).reshape(*rot.shape[:-2], 6)
+
+
+class Rotation6D(Space):
+    """J rotations stored in the continuous 6D representation; updated by per-joint rotation vectors in the local frame."""
+
+    def __init__(self, n_rotations: int):
+        self.n = n_rotations
+        self.dim, self.tangent_dim = 6 * n_rotations, 3 * n_rotations
+
+    def to_rotmat(self, x: Tensor) -> Tensor:
+        return sixd_to_rotmat(x.reshape(x.shape[0], self.n, 6))
+
+    def from_rotmat(self, rot: Tensor) -> Tensor:
+        return rotmat_to_sixd(rot).reshape(rot.shape[0], self.dim)
+
+    def project(self, x: Tensor) -> Tensor:
+        return self.from_rotmat(self.to_rotmat(x))
+
+    def retract(self, x: Tensor, dx: Tensor) -> Tensor:
+        step = roma.rotvec_to_rotmat(dx.reshape(dx.shape[0], self.n, 3))
+        return self.from_rotmat(self.to_rotmat(x) @ step)
+
+    def angles(self, a: Tensor, b: Tensor) -> Tensor:
+        """Per-rotation geodesic angle in radians, B x J."""
+        return roma.rotmat_geodesic_distance(self.to_rotmat(a), self.to_rotmat(b))
+
+    def distance(self, a: Tensor, b: Tensor) -> Tensor:
+        return self.angles(a, b).mean(1)
+
+
+class QuaternionTranslation(Space):
+    """A rigid pose (unit quaternion XYZW, translation); the quaternion is renormalised on every retract."""
+
+    dim, tangent_dim = 7, 6
+
+    def __init__(self, t_low: float | None = None, t_high: float | None = None, trans_weight: float = 1.0):
+        self.t_low, self.t_high, self.trans_weight = t_low, t_high, trans_weight
+
+    def project(self, x: Tensor) -> Tensor:
+        q, t = x[:, :4], x[:, 4:]
+        if self.t_low is not None or self.t_high is not None:
+            t = torch.clamp(t, self.t_low, self.t_high)
+        return torch.cat([roma.quat_normalize(q), t], dim=1)
+
+    def retract(self, x: Tensor, dx: Tensor) -> Tensor:
+        q = roma.quat_product(x[:, :4], roma.rotvec_to_unitquat(dx[:, :3]))
+        return self.project(torch.cat([q, x[:, 4:] + dx[:, 3:]], dim=1))
+
+    def rotation_angle(self, a: Tensor, b: Tensor) -> Tensor:
+        return roma.unitquat_geodesic_distance(roma.quat_normalize(a[:, :4]), roma.quat_normalize(b[:, :4]))
+
+    def distance(self, a: Tensor, b: Tensor) -> Tensor:
+        return self.rotation_angle(a, b) + self.trans_weight * (a[:, 4:] - b[:, 4:]).norm(dim=1)
+
+
+def degrees(radians: Tensor) -> Tensor:
+    return radians * (180.0 / math.pi)

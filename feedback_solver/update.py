@@ -1,0 +1,67 @@
+"""Update-network building blocks and the Stages container (shared weights or one net per step)."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+
+class MLP(nn.Sequential):
+    """Fully connected net; the last layer starts small so an untrained update is a small step."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, layers: int = 2, last_scale: float = 0.1):
+        mods: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(layers):
+            mods += [nn.Linear(dim, hidden), nn.LeakyReLU(0.1)]
+            dim = hidden
+        last = nn.Linear(dim, out_dim)
+        with torch.no_grad():
+            last.weight.mul_(last_scale)
+            last.bias.zero_()
+        super().__init__(*mods, last)
+
+
+class ConvGRUCell(nn.Module):
+    """Convolutional GRU (Ballas et al. 2016): a recurrent state per pixel for shared-weight image updates."""
+
+    def __init__(self, in_ch: int, hidden_ch: int, kernel: int = 3):
+        super().__init__()
+        pad = kernel // 2
+        self.hidden_ch = hidden_ch
+        self.gates = nn.Conv2d(in_ch + hidden_ch, 2 * hidden_ch, kernel, padding=pad)
+        self.cand = nn.Conv2d(in_ch + hidden_ch, hidden_ch, kernel, padding=pad)
+
+    def forward(self, x: Tensor, h: Tensor | None) -> Tensor:
+        if h is None:
+            h = x.new_zeros(x.shape[0], self.hidden_ch, *x.shape[2:])
+        z, r = torch.sigmoid(self.gates(torch.cat([x, h], 1))).chunk(2, 1)
+        c = torch.tanh(self.cand(torch.cat([x, r * h], 1)))
+        return (1 - z) * h + z * c
+
+
+def conv_encoder(in_ch: int, channels: tuple[int, ...] = (16, 32, 64), kernel: int = 5) -> nn.Sequential:
+    """LeNet-like encoder (conv, ReLU, max-pool per level) for image feedback."""
+    mods: list[nn.Module] = []
+    for ch in channels:
+        mods += [nn.Conv2d(in_ch, ch, kernel, padding=kernel // 2), nn.ReLU(), nn.MaxPool2d(2)]
+        in_ch = ch
+    return nn.Sequential(*mods)
+
+
+class Stages(nn.Module):
+    """The update nets of the T steps: one shared net, or one per step (steps past T reuse the last)."""
+
+    def __init__(self, make: Callable[[], nn.Module], steps: int, mode: str = "stagewise"):
+        super().__init__()
+        if mode not in ("shared", "stagewise"):
+            raise ValueError(f"solver.mode must be 'shared' or 'stagewise', got {mode!r}")
+        self.mode = mode
+        self.nets = nn.ModuleList([make() for _ in range(1 if mode == "shared" else max(steps, 1))])
+
+    def net(self, t: int) -> nn.Module:
+        return self.nets[min(t, len(self.nets) - 1)]
+
+    def forward(self, t: int, inputs: dict[str, Tensor], h: Any = None) -> tuple[Tensor, Any]:
+        return self.net(t)(inputs, h)
