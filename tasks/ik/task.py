@@ -38,7 +38,10 @@ class IKTask(Task):
         self.fixed = self.train_clip.rotations[1]  # joints outside `active` keep these (constant) rotations
         self._space = Rotation6D(int(self.active.numel()))
         self.cm = float(cfg.task.cm_per_unit)
-        self.aug = data.Augment(cfg.task.augment.noise_deg, cfg.task.augment.random_heading)
+        self.aug = data.Augment(cfg.task.augment.noise_scale, cfg.task.augment.random_heading)
+        self.moving = self.active[1:]  # the non-root active joints: the ones augmented and under the prior
+        self.orders = [self.skeleton.rotation_order[int(j)] for j in self.moving]
+        self.std_deg = data.channel_std(self.train_clip, self.moving, self.orders)
 
     # --- physics -----------------------------------------------------------------------------
     @property
@@ -90,7 +93,7 @@ class IKTask(Task):
         if split in ("train", "val"):
             gen = torch.Generator().manual_seed(seed + (0 if split == "train" else 7_777_777))
             rot = self.train_clip.rotations[data.train_frames(self.train_clip, gen, n)]
-            return self.make_batch(data.augment(rot, self.active, self.aug, gen))
+            return self.make_batch(data.augment(rot, self.moving, self.orders, self.std_deg, self.aug, gen))
         if split == "test":
             clip = self.load_clip(self.test_bvh)
             frames = data.test_frames(clip, n) if self.frames is None else torch.arange(len(clip.rotations))[self.frames]
