@@ -91,8 +91,8 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"solver.mode must be shared or stagewise, got {s.mode!r}")
     if s.init not in ("constant", "learned"):
         raise ValueError(f"solver.init must be constant or learned, got {s.init!r}")
-    if s.steps < 0:
-        raise ValueError(f"solver.steps must be >= 0, got {s.steps}")
+    if isinstance(s.steps, bool) or not isinstance(s.steps, int) or s.steps < 0:
+        raise ValueError(f"solver.steps must be an integer >= 0, got {s.steps!r}")
     bad = [k for k in cfg.feedback.inputs if k not in INPUTS]
     if bad:
         raise ValueError(f"feedback.inputs: unknown {bad}; choose from {list(INPUTS)}")

@@ -128,8 +128,9 @@ class Task:
 
         return Path(inspect.getfile(type(self))).parent / "checkpoints"
 
-    def add_cli_options(self, parser: argparse.ArgumentParser, command: str) -> None:
-        """Task-specific flags for `fbsolve solve|bench TASK`."""
+    @classmethod
+    def add_cli_options(cls, parser: argparse.ArgumentParser, command: str) -> None:
+        """Task-specific flags for `fbsolve solve|bench TASK` (a classmethod: the CLI adds them before a task exists)."""
 
     def apply_cli_options(self, args: argparse.Namespace, command: str) -> None:
         """Apply the flags of `add_cli_options` (e.g. a user's data file) before sampling."""

@@ -1,0 +1,153 @@
+"""An out-of-tree plugin (tests/plugin_pkg/fbs_toy) goes through every `fbsolve` command like a built-in task.
+
+The plugin is registered by one entry-point line in fbs_toy-0.1.dist-info; nothing in feedback_solver/ or tasks/
+mentions it. The CLI runs as a subprocess with tests/plugin_pkg on PYTHONPATH (set by conftest.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from feedback_solver import registry
+from feedback_solver.solver import build_solver
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+METHODS = ["feedback", "regression", "adam", "lbfgs"]
+
+
+def fbsolve(*args: str, cwd: Path, env: dict[str, str] | None = None, check: bool = True):
+    """Run the installed console script (or the module, if the venv has none) in a fresh process."""
+    script = Path(sys.executable).parent / "fbsolve"
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "feedback_solver.cli"]
+    full_env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} | (env or {})
+    proc = subprocess.run([*cmd, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, f"fbsolve {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_plugin_is_registered_beside_the_builtin_task():
+    found = registry.available()
+    assert {"ik", "toy"} <= set(found)
+    assert found["toy"].value == "fbs_toy.task:ToyTask"
+    cls = registry.task_class("toy")
+    assert cls.name == "toy" and cls.__module__ == "fbs_toy.task"
+    assert REPO / "tests" / "plugin_pkg" in Path(sys.modules[cls.__module__].__file__).parents
+
+
+def test_toy_task_contract(toy_task, toy_cfg, tmp_path, monkeypatch):
+    a, b = toy_task.sample(16, "train", 5), toy_task.sample(16, "train", 5)
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    assert not torch.equal(a.x, toy_task.sample(16, "train", 6).x)
+    assert not torch.equal(a.x, toy_task.sample(16, "val", 5).x)
+    assert a.x.shape == (16, 4) and a.y.shape == (16, 8) and a.x.abs().max() <= 1
+    assert torch.equal(toy_task.forward(a.x, {}), a.y)
+    assert torch.equal(toy_task.initial(a), torch.zeros(16, 4))
+    err = toy_task.metrics(a.x + 0.3, a.x, {})["error"]
+    assert torch.allclose(err, torch.full((16,), 0.6)) and toy_task.is_outlier({"error": err}).all()
+    assert not toy_task.is_outlier({"error": err - 0.2}).any()
+    assert toy_task.space.low == -1.5 and toy_task.space.high == 1.5
+    # checkpoint_dir: config key over environment over the package folder
+    monkeypatch.delenv("FBS_TOY_CHECKPOINTS", raising=False)
+    assert toy_task.checkpoint_dir == REPO / "tests" / "plugin_pkg" / "fbs_toy" / "checkpoints"
+    monkeypatch.setenv("FBS_TOY_CHECKPOINTS", str(tmp_path / "env"))
+    assert toy_task.checkpoint_dir == tmp_path / "env"
+    cls = type(toy_task)
+    assert cls(toy_cfg(f"task.checkpoint_dir={tmp_path / 'key'}")).checkpoint_dir == tmp_path / "key"
+
+
+def test_no_core_file_mentions_the_plugin():
+    core = [*(REPO / "feedback_solver").rglob("*.py"), *(REPO / "tasks").rglob("*.py"), REPO / "setup.cfg"]
+    assert core
+    assert not [p for p in core if "fbs_toy" in p.read_text(encoding="utf-8")]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """`fbsolve tasks`, train feedback and regression, then bench: the commands a plugin's user would type."""
+    root = tmp_path_factory.mktemp("cli")
+    ckpt, out = root / "ckpt", root / "bench"
+    listing = fbsolve("tasks", cwd=root)
+    # checkpoint_dir moved by the environment for one variant and by the config key for the other
+    fbsolve("train", "toy", cwd=root, env={"FBS_TOY_CHECKPOINTS": str(ckpt)})
+    fbsolve("train", "toy", "--variant", "regression", f"task.checkpoint_dir={ckpt}", cwd=root)
+    bench = fbsolve("bench", "toy", "--out", str(out), "--samples", "40", "--methods", ",".join(METHODS),
+                    "--checkpoints", str(ckpt), "bench.slow_samples=30", cwd=root)
+    return {"root": root, "ckpt": ckpt, "out": out, "listing": listing.stdout, "bench": bench.stdout}
+
+
+def test_fbsolve_tasks_lists_the_plugin(cli_run):
+    lines = {line.split()[0]: line.split()[1] for line in cli_run["listing"].splitlines() if line.strip()}
+    assert lines.get("toy") == "fbs_toy.task:ToyTask"
+    assert lines.get("ik") == "tasks.ik.task:IKTask"
+
+
+def test_fbsolve_train_writes_checkpoints_where_told(cli_run):
+    assert sorted(p.name for p in cli_run["ckpt"].iterdir()) == ["feedback.safetensors", "regression.safetensors"]
+    assert not (REPO / "tests" / "plugin_pkg" / "fbs_toy" / "checkpoints").exists()
+
+
+def test_fbsolve_bench_writes_the_report_schema(cli_run):
+    out = cli_run["out"]
+    assert {p.name for p in out.iterdir()} >= {"toy.json", "toy.md", "toy_steps.png"}
+    assert (out / "toy_steps.png").read_bytes()[:8] == PNG_MAGIC
+    md = (out / "toy.md").read_text()
+    assert "feedback" in md and "lbfgs" in md and "toy_steps.png" in md
+    assert md.strip() in cli_run["bench"]
+    res = json.loads((out / "toy.json").read_text())
+    assert res["task"] == "toy" and res["seed"] == 0 and res["primary_metric"] == "error"
+    assert "40 samples" in res["data"]
+    assert set(res["methods"]) == {"feedback", "regression"}
+    assert res["subset"]["samples"] == 30 and set(res["subset"]["methods"]) == {"feedback", "adam", "lbfgs"}
+    for group, n in ((res["methods"], 40), (res["subset"]["methods"], 30)):
+        for name, m in group.items():
+            assert set(m["metrics"]) == {"error"}, name
+            assert set(m["metrics"]["error"]) == {"mean", "median", "std"}, name
+            assert all(isinstance(v, float) and v >= 0 for v in m["metrics"]["error"].values()), name
+            assert 0.0 <= m["outlier_rate"] <= 1.0, name
+            assert isinstance(m["steps"], float) and m["seconds_per_sample"] > 0 and m["samples"] == n, name
+            assert "forward_seconds_per_sample" in m, name
+    fb = res["methods"]["feedback"]
+    assert fb["steps"] == 3.0 and 0 < fb["forward_seconds_per_sample"] <= fb["seconds_per_sample"]
+    assert fb["energy_monotone"] == 1.0
+    assert res["methods"]["regression"]["steps"] == 0.0
+    assert res["subset"]["methods"]["adam"]["forward_seconds_per_sample"] is None
+
+
+def test_learned_solver_beats_its_start_and_the_untrained_solver(cli_run, toy_cls, toy_cfg):
+    res = json.loads((cli_run["out"] / "toy.json").read_text())
+    fb = res["methods"]["feedback"]
+    initial = fb["curve"]["mean"][0]  # x0 = zeros, the task's constant start
+    assert fb["curve"]["step"] == [0, 1, 2, 3]
+    assert fb["metrics"]["error"]["mean"] < 0.25 * initial
+    assert fb["metrics"]["error"]["median"] < 0.25 * fb["curve"]["median"][0]
+    cfg = toy_cfg()
+    task = toy_cls(cfg)
+    batch = task.sample(40, "test", res["seed"])
+    torch.manual_seed(cfg.seed)
+    untrained = task.metrics(build_solver(task, cfg).solve(batch.y, batch.ctx).x, batch.x, {})["error"].mean()
+    assert fb["metrics"]["error"]["mean"] < 0.25 * float(untrained)
+    assert fb["outlier_rate"] < 0.2
+    # the learned solver also beats the initializer-only regression it is compared with in the report
+    assert res["methods"]["regression"]["metrics"]["error"]["mean"] < 0.5 * initial
+
+
+def test_fbsolve_train_refuses_an_unknown_key_by_name(tmp_path):
+    proc = fbsolve("train", "toy", "bogus.key=1", cwd=tmp_path, check=False,
+                   env={"FBS_TOY_CHECKPOINTS": str(tmp_path / "ckpt")})
+    assert proc.returncode == 2
+    assert "bogus.key" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_fbsolve_refuses_an_unregistered_task_listing_the_known_ones(tmp_path):
+    proc = fbsolve("train", "nosuchtask", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "nosuchtask" in proc.stderr and "toy" in proc.stderr and "ik" in proc.stderr

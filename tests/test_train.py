@@ -1,0 +1,247 @@
+"""Training: it learns, every schedule runs, seeds reproduce, resume is exact, bad checkpoints are refused."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from feedback_solver import train as train_mod
+from feedback_solver.bench import load_solver
+from feedback_solver.checkpoints import load_state, load_weights, read_model, save_model
+from feedback_solver.solver import build_solver
+from feedback_solver.train import Phase, phase_loss, phase_parameters, phases, train, validate
+
+FAST = ("train.iterations=20", "train.init_iterations=20", "train.checkpoint_every=10", "train.log_every=10",
+        "train.val_samples=32")
+
+
+@pytest.fixture(scope="module")
+def fast_cfg(toy_cfg):
+    def make(*overrides: str, variant: str | None = None):
+        return toy_cfg(*FAST, *overrides, variant=variant)
+
+    return make
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+# --- learning -------------------------------------------------------------------------------------------
+def test_short_training_beats_the_untrained_solver(toy_task, toy_cfg, tmp_path):
+    cfg = toy_cfg("train.iterations=100")
+    val = toy_task.sample(256, "val", 11)
+    torch.manual_seed(cfg.seed)
+    untrained = validate(build_solver(toy_task, cfg), val)
+    path = train(toy_task, cfg, tmp_path / "fb.safetensors", progress=False)
+    trained = validate(load_solver(toy_task, path=path), val)
+    assert trained < 0.3 * untrained, (untrained, trained)
+    _, stored_cfg, meta = read_model(path, "toy")
+    assert meta["phases"] == ["stage0", "stage1", "stage2"] and meta["val_distance"] < 0.3 * untrained
+    assert stored_cfg == cfg
+    assert not (tmp_path / "fb.safetensors.state.pt").exists(), "a finished run leaves no training state behind"
+
+
+# --- schedules -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides,expected", [
+    ((), ["stage0", "stage1", "stage2"]),
+    (("solver.init=learned", "train.finetune_iterations=5"), ["init", "stage0", "stage1", "stage2", "finetune"]),
+    (("train.schedule=joint", "train.supervision=deep"), ["joint"]),
+    (("train.schedule=joint", "train.supervision=final", "solver.mode=shared"), ["joint"]),
+    (("solver.steps=0", "solver.init=learned"), ["joint"]),
+], ids=["progressive", "progressive-init-finetune", "joint-deep", "joint-final-shared", "regression"])
+def test_every_schedule_runs(toy_task, fast_cfg, tmp_path, overrides, expected):
+    cfg = fast_cfg(*overrides)
+    assert [p.name for p in phases(cfg)] == expected
+    torch.manual_seed(cfg.seed)
+    before = build_solver(toy_task, cfg).state_dict()
+    path = train(toy_task, cfg, tmp_path / "m.safetensors", progress=False)
+    tensors, _, meta = read_model(path, "toy")
+    assert meta["phases"] == expected and meta["val_distance"] > 0
+    assert tensors.keys() == before.keys()
+    moved = [k for k in before if not torch.equal(before[k], tensors[k])]
+    assert moved, "training changed no weight"
+    # every net of every stage is trained by some phase
+    if cfg.solver.steps:
+        for k in range(len(load_solver(toy_task, path=path).stages.nets)):
+            assert any(name.startswith(f"stages.nets.{k}.") for name in moved), f"stage {k} never trained"
+
+
+def test_progressive_stage_phase_moves_only_its_own_net(toy_task, fast_cfg):
+    cfg = fast_cfg()
+    solver = build_solver(toy_task, cfg)
+    batch = toy_task.sample(16, "train", 0)
+    phase = Phase("stage1", 10, 1)
+    assert {id(p) for p in phase_parameters(solver, phase)} == {id(p) for p in solver.stages.net(1).parameters()}
+    phase_loss(solver, phase, batch, "deep").backward()
+    grads = [[p.grad for p in net.parameters()] for net in solver.stages.nets]
+    assert all(g is None for g in grads[0] + grads[2])
+    assert all(g is not None and g.abs().sum() > 0 for g in grads[1])
+
+
+@pytest.mark.parametrize("learned_init", [False, True])
+def test_joint_deep_and_final_supervision_losses(toy_task, fast_cfg, learned_init):
+    init = "learned" if learned_init else "constant"
+    cfg = fast_cfg("train.schedule=joint", f"solver.init={init}", "solver.damping.enabled=false")
+    torch.manual_seed(0)
+    solver = build_solver(toy_task, cfg)
+    batch = toy_task.sample(16, "train", 0)
+    joint = Phase("joint", 10)
+    states = solver.unroll(batch, 3)
+    per_state = [toy_task.loss(x, batch.x, batch.ctx) for x in states]
+    final = phase_loss(solver, joint, batch, "final")
+    deep = phase_loss(solver, joint, batch, "deep")
+    assert torch.allclose(final, per_state[-1])
+    first = 0 if learned_init else 1  # a constant start has no parameters to supervise
+    assert torch.allclose(deep, torch.stack(per_state[first:]).mean())
+    assert not torch.allclose(deep, final)
+
+
+# --- reproducibility and resume ------------------------------------------------------------------------------
+def test_fixed_seed_reproduces_identical_weights(toy_task, fast_cfg, tmp_path):
+    a = weights(train(toy_task, fast_cfg(), tmp_path / "a.safetensors", progress=False))
+    b = weights(train(toy_task, fast_cfg(), tmp_path / "b.safetensors", progress=False))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = weights(train(toy_task, fast_cfg("seed=1"), tmp_path / "c.safetensors", progress=False))
+    assert max_diff(a, c) > 1e-3
+
+
+class Interrupted(Exception):
+    pass
+
+
+def count_steps(monkeypatch, crash_after: int | None = None) -> list[int]:
+    """Count training's optimisation steps; with `crash_after`, crash on the next one, like a killed job."""
+    real, count = train_mod.phase_loss, [0]
+
+    def counting(*args, **kwargs):
+        count[0] += 1
+        if crash_after is not None and count[0] > crash_after:
+            raise Interrupted(f"killed at step {count[0]}")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "phase_loss", counting)
+    return count
+
+
+@pytest.mark.parametrize("variant,stop,position", [
+    (None, 15, (0, 10)),          # mid-phase, between checkpoints: redo iterations 10..14
+    (None, 20, (1, 0)),           # right at a phase boundary
+    (None, 47, (2, 0)),           # into the last stage, before its first checkpoint
+    ("feedback_shared", 33, (0, 30)),  # joint schedule
+], ids=["mid-phase", "phase-boundary", "last-stage", "joint"])
+def test_resume_matches_an_uninterrupted_run(toy_task, fast_cfg, tmp_path, monkeypatch, variant, stop, position):
+    cfg = fast_cfg(variant=variant) if variant is None else fast_cfg("train.iterations=60", variant=variant)
+    total = sum(p.iterations for p in phases(cfg))
+    assert total == 60
+    ref = weights(train(toy_task, cfg, tmp_path / "ref.safetensors", progress=False))
+    out = tmp_path / "run.safetensors"
+    state_path = tmp_path / "run.safetensors.state.pt"
+    with monkeypatch.context() as m:
+        count_steps(m, crash_after=stop)
+        with pytest.raises(Interrupted):
+            train(toy_task, cfg, out, progress=False)
+    assert not out.exists() and state_path.exists()
+    state = load_state(state_path)
+    assert (state["phase"], state["iteration"]) == position
+    done = sum(p.iterations for p in phases(cfg)[: position[0]]) + position[1]
+    with monkeypatch.context() as m:
+        steps = count_steps(m)
+        train(toy_task, cfg, out, resume=True, progress=False)
+    assert steps[0] == total - done, "resume must continue from the saved position, not start over"
+    assert not state_path.exists()
+    assert max_diff(ref, weights(out)) <= 1e-6
+
+
+def test_resume_refuses_a_state_of_another_config(toy_task, fast_cfg, tmp_path, monkeypatch):
+    out = tmp_path / "run.safetensors"
+    with monkeypatch.context() as m:
+        count_steps(m, crash_after=12)
+        with pytest.raises(Interrupted):
+            train(toy_task, fast_cfg(), out, progress=False)
+    with pytest.raises(ValueError, match="another task or config"):
+        train(toy_task, fast_cfg("train.lr=0.01"), out, resume=True, progress=False)
+
+
+def test_resume_without_state_starts_afresh(toy_task, fast_cfg, tmp_path, capsys):
+    path = train(toy_task, fast_cfg(), tmp_path / "x.safetensors", resume=True, progress=False)
+    assert "starting afresh" in capsys.readouterr().out
+    assert path.exists()
+
+
+# --- refused checkpoints ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(toy_cls, toy_cfg, tmp_path_factory):
+    cfg = toy_cfg(*FAST)
+    path = train(toy_cls(cfg), cfg, tmp_path_factory.mktemp("ckpt") / "feedback.safetensors", progress=False)
+    return path, cfg
+
+
+def test_checkpoints_are_readable_by_others(trained):
+    """Written through a private temporary file (mkstemp: 0600), but shipped to other users."""
+    assert trained[0].stat().st_mode & 0o444 == 0o444
+    assert not list(trained[0].parent.glob("*.tmp")), "no temporary file left behind"
+
+
+def test_truncated_checkpoint_is_refused(toy_task, trained, tmp_path):
+    data = trained[0].read_bytes()
+    for size in (len(data) // 2, 10, 0):
+        bad = tmp_path / f"cut{size}.safetensors"
+        bad.write_bytes(data[:size])
+        with pytest.raises(ValueError, match=r"truncated or not a safetensors file") as err:
+            load_solver(toy_task, path=bad)
+        assert str(bad) in str(err.value)
+    missing = tmp_path / "none.safetensors"
+    with pytest.raises(FileNotFoundError, match="fbsolve train toy"):
+        load_solver(toy_task, path=missing)
+
+
+def test_truncated_training_state_is_refused(toy_task, fast_cfg, tmp_path, monkeypatch):
+    out = tmp_path / "run.safetensors"
+    state_path = tmp_path / "run.safetensors.state.pt"
+    with monkeypatch.context() as m:
+        count_steps(m, crash_after=12)
+        with pytest.raises(Interrupted):
+            train(toy_task, fast_cfg(), out, progress=False)
+    data = state_path.read_bytes()
+    state_path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"truncated or corrupt.*delete it") as err:
+        train(toy_task, fast_cfg(), out, resume=True, progress=False)
+    assert str(state_path) in str(err.value)
+    state_path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"truncated or corrupt"):
+        train(toy_task, fast_cfg(), out, resume=True, progress=False)
+
+
+def test_checkpoint_of_another_task_is_refused_naming_both(toy_task, trained, tmp_path):
+    path, cfg = trained
+    with pytest.raises(ValueError, match=r"belongs to task 'toy', not 'ik'"):
+        read_model(path, "ik")
+    solver = load_solver(toy_task, path=path)
+    fake_ik = save_model(tmp_path / "ik.safetensors", solver, "ik", cfg, {})
+    with pytest.raises(ValueError, match=r"belongs to task 'ik', not 'toy'"):
+        load_solver(toy_task, path=fake_ik)
+
+
+def test_foreign_safetensors_file_is_refused(toy_task, tmp_path):
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(ValueError, match="not written by feedback_solver"):
+        load_solver(toy_task, path=foreign)
+
+
+@pytest.mark.parametrize("override", ["model.hidden=32", "solver.steps=2", "feedback.inputs=[y,x]",
+                                      "solver.init=learned"])
+def test_checkpoint_of_another_model_shape_is_refused(toy_task, trained, toy_cfg, override):
+    tensors, _, _ = read_model(trained[0], "toy")
+    other = build_solver(toy_task, toy_cfg(override))
+    with pytest.raises(ValueError, match="does not fit this model"):
+        load_weights(other, tensors, str(trained[0]))
+    load_weights(build_solver(toy_task, toy_cfg()), tensors, str(trained[0]))  # the matching shape loads
