@@ -37,11 +37,11 @@ class Stopper:
     """The seed's stopping rule per sample: at most N iterations, or stop after `patience` without improvement."""
 
     def __init__(self, x0: Tensor, patience: int, rel_tol: float):
-        n = x0.shape[0]
-        self.best_x, self.best_e = x0.detach().clone(), torch.full((n,), float("inf"))
-        self.since = torch.zeros(n, dtype=torch.long)
-        self.active = torch.ones(n, dtype=torch.bool)
-        self.steps = torch.zeros(n, dtype=torch.long)
+        n, dev = x0.shape[0], x0.device
+        self.best_x, self.best_e = x0.detach().clone(), torch.full((n,), float("inf"), device=dev)
+        self.since = torch.zeros(n, dtype=torch.long, device=dev)
+        self.active = torch.ones(n, dtype=torch.bool, device=dev)
+        self.steps = torch.zeros(n, dtype=torch.long, device=dev)
         self.patience, self.rel_tol = patience, rel_tol
 
     def update(self, x: Tensor, e: Tensor) -> bool:

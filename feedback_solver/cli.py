@@ -47,7 +47,7 @@ def make_task(name: str, overrides: list[str], variant: str | None = None) -> tu
 def parse(argv: list[str]) -> argparse.Namespace:
     """Two passes: the task, once known, adds its own flags (e.g. --bvh) to its command."""
     parser = base_parser()
-    args, _ = parser.parse_known_args(argv)
+    args, _ = parser.parse_known_args([a for a in argv if a not in ("-h", "--help")] if argv[2:] else argv)
     if args.command in ("train", "solve", "bench"):
         cls = registry.task_class(args.task)
         sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001 - argparse has no public API
