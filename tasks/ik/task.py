@@ -69,17 +69,15 @@ class IKTask(Task):
     @cached_property
     def euler_stats(self) -> tuple[Tensor, Tensor]:
         """Mean and std (rad) of the non-root active joints' Euler angles over the training frames."""
-        rot = self.train_clip.rotations[1:, self.active[1:]]
-        eul = torch.stack([matrix_to_euler(rot[:, i], self.skeleton.rotation_order[int(j)])
-                           for i, j in enumerate(self.active[1:])], 1).deg2rad()
-        return eul.mean(0), eul.std(0).clamp(min=torch.deg2rad(torch.tensor(1.0)))
+        rot = self.train_clip.rotations[1:, self.moving]
+        eul = torch.stack([matrix_to_euler(rot[:, i], o) for i, o in enumerate(self.orders)], 1).deg2rad()
+        return eul.mean(0), self.std_deg.deg2rad().clamp(min=torch.deg2rad(torch.tensor(1.0)))
 
     def prior(self, x: Tensor) -> Tensor:
         """Gaussian prior on Euler angles (the seed's), fitted on the training clip; the root is left free."""
         mean, std = self.euler_stats
         rot = self.space.to_rotmat(x)[:, 1:]
-        eul = torch.stack([roma.rotmat_to_euler(self.skeleton.rotation_order[int(j)], rot[:, i])
-                           for i, j in enumerate(self.active[1:])], 1)
+        eul = torch.stack([matrix_to_euler(rot[:, i], o) for i, o in enumerate(self.orders)], 1).deg2rad()
         d = eul - mean.to(x)
         d = torch.atan2(torch.sin(d), torch.cos(d))
         return (d / std.to(x)).pow(2).flatten(1).sum(1)

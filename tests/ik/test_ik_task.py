@@ -53,6 +53,16 @@ def test_gradient_feedback_is_finite_and_zero_at_the_solution(task, test_batch):
     assert grad_true.abs().max() < 1e-3
 
 
+def test_forward_kinematics_leaves_27_of_75_rotational_dofs_unobserved(task, test_batch):
+    """The README's observability figure: the FK Jacobian's null space at real test poses."""
+    for i in (0, 50, 99):
+        x = test_batch.x[i : i + 1]
+        jac = torch.autograd.functional.jacobian(
+            lambda d: task.forward(task.space.retract(x, d[None]), {})[0], torch.zeros(task.space.tangent_dim))
+        s = torch.linalg.svdvals(jac)
+        assert task.space.tangent_dim == 75 and int((s < 1e-3 * s[0]).sum()) == 27
+
+
 def test_prior_prefers_training_poses(task, test_batch):
     mean_pose = task.space.from_rotmat(task.mean_pose[None])
     assert task.prior(mean_pose).item() < task.prior(test_batch.x).median().item()
