@@ -74,7 +74,7 @@ def adam(task: Task, y: Tensor, ctx: dict[str, Any], x0: Tensor, cfg: DictConfig
         opt.zero_grad(set_to_none=True)
         (e * stop.active).sum().backward()
         opt.step()
-    return OptimResult(stop.best_x, stop.steps.clamp(max=b.max_iterations), time.perf_counter() - start, fill(snaps, stop.best_x))
+    return OptimResult(stop.best_x, stop.steps.clamp(max=b.max_iterations), time.perf_counter() - start, fill(snaps, stop.best_x, b.max_iterations))
 
 
 def lbfgs(task: Task, y: Tensor, ctx: dict[str, Any], x0: Tensor, cfg: DictConfig) -> OptimResult:
@@ -110,13 +110,12 @@ def lbfgs_one(task: Task, y: Tensor, ctx: dict[str, Any], x0: Tensor, cfg: DictC
         if not running or it == b.max_iterations:
             break
         opt.step(closure)
-    return OptimResult(stop.best_x, stop.steps.clamp(max=b.max_iterations), time.perf_counter() - start, fill(snaps, stop.best_x))
+    return OptimResult(stop.best_x, stop.steps.clamp(max=b.max_iterations), time.perf_counter() - start, fill(snaps, stop.best_x, b.max_iterations))
 
 
-def fill(snaps: dict[int, Tensor], final: Tensor) -> dict[int, Tensor]:
-    """Snapshots after a sample stopped equal its final estimate; fill the schedule so curves align across samples."""
-    last = max(snaps)
-    return {k: snaps.get(k, final) if k <= last else final for k in SNAPSHOTS if k <= max(last, 1)} | {last: final}
+def fill(snaps: dict[int, Tensor], final: Tensor, max_iterations: int) -> dict[int, Tensor]:
+    """A stopped sample keeps its final estimate: fill the whole schedule, so curves of any two batches align."""
+    return {k: snaps.get(k, final) for k in SNAPSHOTS if k <= max_iterations}
 
 
 OPTIMISERS = {"adam": adam, "lbfgs": lbfgs}

@@ -1,8 +1,13 @@
-"""Run methods on a task's test split and write per-method metrics, timings and error curves (JSON, Markdown, PNG)."""
+"""Run methods on a task's test split and write per-method metrics, timings and error curves (JSON, Markdown, PNG).
+
+Under torchrun the test samples are split across ranks in whole chunks and the per-sample results merged on rank 0,
+so an N-rank report carries the same metrics, in the same order, as a 1-rank one.
+"""
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -12,8 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from feedback_solver.baselines import OPTIMISERS, OptimResult
+from feedback_solver import distributed
+from feedback_solver.baselines import OPTIMISERS
 from feedback_solver.checkpoints import load_weights, read_model
+from feedback_solver.distributed import Dist
 from feedback_solver.problem import Batch, Task
 from feedback_solver.report import write_report
 from feedback_solver.solver import FeedbackSolver, build_solver
@@ -31,7 +38,7 @@ SLOW = ("adam", "lbfgs", "hybrid")
 
 def load_solver(task: Task, variant: str = "feedback", path: str | os.PathLike | None = None,
                 no_damping: bool = False, folder: Path | None = None) -> FeedbackSolver:
-    """Rebuild a shipped (or given) checkpoint's solver from the config stored inside it."""
+    """Rebuild a shipped (or given) checkpoint's solver from the config stored inside it (on the CPU)."""
     path = Path(path) if path else (folder or task.checkpoint_dir) / f"{variant}.safetensors"
     tensors, cfg, _ = read_model(path, task.name)
     if no_damping:
@@ -39,6 +46,35 @@ def load_solver(task: Task, variant: str = "feedback", path: str | os.PathLike |
     solver = build_solver(task, cfg)
     load_weights(solver, tensors, str(path))
     return solver.eval()
+
+
+@dataclass
+class Raw:
+    """One method's per-sample results on some chunks, before summarising: what a rank sends to rank 0."""
+
+    x: Tensor
+    states: dict[int, Tensor]  # step (learned) or iteration (optimisers) -> estimates
+    steps: Tensor
+    seconds: float
+    forward_seconds: float | None = None
+    energy: Tensor | None = None  # learned: E_data along the trace (n x T+1)
+
+    @staticmethod
+    def merge(parts: list["Raw"]) -> "Raw":
+        """Concatenate in rank order (ranks own consecutive chunks); times add up over ranks."""
+        parts = [p for p in parts if len(p.x)]
+        cat = torch.cat
+        fwd = None if parts[0].forward_seconds is None else sum(p.forward_seconds for p in parts)
+        energy = None if parts[0].energy is None else cat([p.energy for p in parts])
+        return Raw(cat([p.x for p in parts]), {k: cat([p.states[k] for p in parts]) for k in parts[0].states},
+                   cat([p.steps for p in parts]), sum(p.seconds for p in parts), fwd, energy)
+
+
+def concat(raws: list[Raw], dim: int) -> Raw:
+    """An empty Raw when a rank owns no chunk of this sample set."""
+    if raws:
+        return Raw.merge(raws)
+    return Raw(torch.zeros(0, dim), {}, torch.zeros(0), 0.0)
 
 
 def summarise(task: Task, x: Tensor, batch: Batch) -> dict[str, Any]:
@@ -58,41 +94,50 @@ def curve(task: Task, states: dict[int, Tensor], batch: Batch, metric: str) -> d
     return {"step": steps, "median": [float(v.median()) for v in vals], "mean": [float(v.mean()) for v in vals]}
 
 
-def run_learned(task: Task, solver: FeedbackSolver, batch: Batch, cfg: DictConfig, metric: str,
-                steps: int | None = None) -> tuple[dict[str, Any], Tensor]:
-    """Solve in chunks; time the whole call, and split out the forward model's share from the trace."""
-    solver.solve(batch.y[:2], batch.index(slice(0, 2)).ctx, steps)  # warm-up: first calls allocate
-    xs, states, energies, wall, fwd = [], {}, [], 0.0, 0.0
-    size = cfg.bench.batch_size
-    for lo in range(0, len(batch), size):
-        part = batch.index(slice(lo, lo + size))
-        start = time.perf_counter()
-        res = solver.solve(part.y, part.ctx, steps)
-        wall += time.perf_counter() - start
-        fwd += res.forward_seconds
-        xs.append(res.x)
-        energies.append(res.trace.energies())
-        for t, x_t in enumerate(res.trace.x):
-            states.setdefault(t, []).append(x_t)
-    x = torch.cat(xs)
-    e = torch.cat(energies)
-    entry = summarise(task, x, batch)
-    entry |= {"steps": float(solver.steps if steps is None else steps), "seconds_per_sample": wall / len(batch),
-              "forward_seconds_per_sample": fwd / len(batch), "samples": len(batch),
-              "curve": curve(task, {t: torch.cat(v) for t, v in states.items()}, batch, metric),
-              "energy_monotone": float((e.diff(dim=1) <= 0).all(dim=1).float().mean()) if e.shape[1] > 1 else None}
-    return entry, x
+def entry(task: Task, raw: Raw, batch: Batch, metric: str) -> dict[str, Any]:
+    """The report's record of one method on one sample set."""
+    n = len(batch)
+    out = summarise(task, raw.x, batch)
+    out |= {"steps": float(raw.steps.float().median()), "seconds_per_sample": raw.seconds / n,
+            "forward_seconds_per_sample": None if raw.forward_seconds is None else raw.forward_seconds / n,
+            "samples": n, "curve": curve(task, raw.states, batch, metric)}
+    if raw.energy is not None:
+        e = raw.energy
+        out["energy_monotone"] = float((e.diff(dim=1) <= 0).all(dim=1).float().mean()) if e.shape[1] > 1 else None
+    return out
 
 
-def run_optimiser(task: Task, name: str, batch: Batch, x0: Tensor, cfg: DictConfig, metric: str,
-                  extra_seconds: float = 0.0) -> dict[str, Any]:
-    """Adam or L-BFGS from x0 with the seed's stopping rule."""
-    res: OptimResult = OPTIMISERS[name](task, batch.y, batch.ctx, x0, cfg)
-    entry = summarise(task, res.x, batch)
-    entry |= {"steps": float(res.steps.float().median()), "seconds_per_sample": (res.seconds + extra_seconds) / len(batch),
-              "forward_seconds_per_sample": None, "samples": len(batch),
-              "curve": curve(task, res.snapshots, batch, metric)}
-    return entry
+def solve_chunk(solver: FeedbackSolver, part: Batch, steps: int | None) -> Raw:
+    start = time.perf_counter()
+    res = solver.solve(part.y, part.ctx, steps)
+    wall = time.perf_counter() - start
+    states = {t: x_t.cpu() for t, x_t in enumerate(res.trace.x)}
+    return Raw(res.x.cpu(), states, torch.full((len(part),), float(res.steps)), wall, res.forward_seconds,
+               res.trace.energies().cpu())
+
+
+def run_learned(task: Task, solver: FeedbackSolver, batch: Batch, chunks: list[slice], dist: Dist,
+                steps: int | None = None) -> Raw:
+    """Solve this rank's chunks; time each call, and split out the forward model's share from the trace."""
+    solver = solver.to(dist.device)
+    if chunks:
+        warm = batch.index(slice(chunks[0].start, chunks[0].start + 2)).to(dist.device)
+        solver.solve(warm.y, warm.ctx, steps)  # warm-up: first calls allocate
+    raws = [solve_chunk(solver, batch.index(c).to(dist.device), steps) for c in chunks]
+    return concat(raws, task.space.dim)
+
+
+def run_optimiser(task: Task, name: str, batch: Batch, chunks: list[slice], cfg: DictConfig, dist: Dist,
+                  start: Callable[[Batch], tuple[Tensor, float]]) -> Raw:
+    """Adam or L-BFGS from `start(chunk)` (the constant start, or the learned answer for hybrid) per chunk."""
+    raws = []
+    for c in chunks:
+        part = batch.index(c).to(dist.device)
+        x0, extra = start(part)
+        res = OPTIMISERS[name](task, part.y, part.ctx, x0, cfg)
+        raws.append(Raw(res.x.detach().cpu(), {k: v.cpu() for k, v in res.snapshots.items()},
+                        res.steps.cpu().float(), res.seconds + extra))
+    return concat(raws, task.space.dim)
 
 
 def primary_metric(task: Task, cfg: DictConfig, batch: Batch) -> str:
@@ -101,26 +146,34 @@ def primary_metric(task: Task, cfg: DictConfig, batch: Batch) -> str:
 
 def run_bench(task: Task, cfg: DictConfig, out: str | os.PathLike, methods: list[str] | None = None,
               samples: int | None = None, seed: int | None = None, command: str = "",
-              checkpoints: Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Every requested method on the same test samples; slow ones on a fixed subset beside `feedback`."""
+              checkpoints: Path | None = None, progress: bool = True, dist: Dist | None = None) -> dict[str, Any]:
+    """Every requested method on the same test samples; slow ones on a fixed subset beside `feedback`.
+
+    Returns the report on rank 0 (which alone writes it) and None on the other ranks.
+    """
+    dist = dist or distributed.setup(cfg.device)
     methods = list(methods or cfg.bench.methods)
     unknown = [m for m in methods if m not in LEARNED and m not in SLOW]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {list(LEARNED) + list(SLOW)}")
     samples = samples or cfg.bench.samples
     seed = cfg.seed if seed is None else seed
-    batch = task.sample(samples, "test", seed)
-    slow_n = min(cfg.bench.slow_samples, len(batch))
-    subset = batch.index(slice(0, slow_n))
+    batch = task.sample(samples, "test", seed)  # every rank draws the same set, then works on its own chunks
+    subset = batch.index(slice(0, min(cfg.bench.slow_samples, len(batch))))
     metric = primary_metric(task, cfg, batch)
     result: dict[str, Any] = {"task": task.name, "data": f"{task.describe_data('test')}; {len(batch)} samples",
-                              "seed": seed, "command": command, "primary_metric": metric, "methods": {}}
-    sub: dict[str, Any] = {"samples": slow_n, "note": f"the first {slow_n} test samples: slow baselines and "
-                           "`feedback` on the same samples, so time ratios compare like with like", "methods": {}}
-    load = partial(load_solver, task, folder=checkpoints)
-    jobs = plan_jobs(task, cfg, methods, batch, subset, metric, result["methods"], sub["methods"], load)
-    for name, job in tqdm(jobs, desc=f"bench {task.name}", disable=not progress):
-        job()
+                              "seed": seed, "command": command, "ranks": dist.world_size,
+                              "primary_metric": metric, "methods": {}}
+    sub: dict[str, Any] = {"samples": len(subset), "note": f"the first {len(subset)} test samples: slow baselines "
+                           "and `feedback` on the same samples, so time ratios compare like with like", "methods": {}}
+    jobs = plan_jobs(task, cfg, methods, batch, subset, dist, partial(load_solver, task, folder=checkpoints))
+    for name, on_subset, job in tqdm(jobs, desc=f"bench {task.name}", disable=not (progress and dist.is_main)):
+        parts = dist.gather(job())
+        if dist.is_main:
+            target, data = (sub["methods"], subset) if on_subset else (result["methods"], batch)
+            target[name] = entry(task, Raw.merge(parts), data, metric)
+    if not dist.is_main:
+        return None
     if sub["methods"]:
         result["subset"] = sub
     result["config"] = OmegaConf.to_container(cfg, resolve=True)
@@ -128,28 +181,37 @@ def run_bench(task: Task, cfg: DictConfig, out: str | os.PathLike, methods: list
     return result
 
 
-def plan_jobs(task, cfg, methods, batch, subset, metric, full, sub, load) -> list[tuple[str, Callable[[], None]]]:
-    """One closure per (method, sample set); learned methods on all samples, slow ones on the subset."""
-    jobs: list[tuple[str, Callable[[], None]]] = []
+def plan_jobs(task: Task, cfg: DictConfig, methods: list[str], batch: Batch, subset: Batch, dist: Dist,
+              load: Callable) -> list[tuple[str, bool, Callable[[], Raw]]]:
+    """(name, on the subset?, this rank's work) per method: learned ones on all samples, slow ones on the subset."""
+    fast = dist.chunks(len(batch), cfg.bench.batch_size)
+    jobs: list[tuple[str, bool, Callable[[], Raw]]] = []
     for m in methods:
         if m in LEARNED:
             variant, off = LEARNED[m]
-            jobs.append((m, lambda m=m, v=variant, o=off: full.__setitem__(
-                m, run_learned(task, load(v, no_damping=o), batch, cfg, metric)[0])))
+            jobs.append((m, False, lambda v=variant, o=off: run_learned(task, load(v, no_damping=o), batch, fast,
+                                                                        dist)))
     slow = [m for m in methods if m in SLOW]
-    if slow:
-        jobs.append(("feedback (subset)", lambda: sub.__setitem__(
-            "feedback", run_learned(task, load(), subset, cfg, metric)[0])))
+    if not slow:
+        return jobs
+    sub_fast = dist.chunks(len(subset), cfg.bench.batch_size)
+    jobs.append(("feedback", True, lambda: run_learned(task, load(), subset, sub_fast, dist)))
+    chunks = dist.chunks(len(subset), cfg.bench.slow_batch_size)
     for m in slow:
-        jobs.append((m, lambda m=m: sub.__setitem__(m, run_slow(task, m, subset, cfg, metric, load))))
+        jobs.append((m, True, lambda m=m: run_slow(task, m, subset, chunks, cfg, dist, load)))
     return jobs
 
 
-def run_slow(task: Task, name: str, batch: Batch, cfg: DictConfig, metric: str, load: Callable) -> dict[str, Any]:
+def run_slow(task: Task, name: str, batch: Batch, chunks: list[slice], cfg: DictConfig, dist: Dist,
+             load: Callable) -> Raw:
     """Optimisers start from the task's constant start; hybrid starts from the learned solver's answer."""
     if name != "hybrid":
-        return run_optimiser(task, name, batch, task.initial(batch), cfg, metric)
-    solver = load()
-    start = time.perf_counter()
-    x0 = solver.solve(batch.y, batch.ctx).x
-    return run_optimiser(task, cfg.baselines.hybrid, batch, x0, cfg, metric, time.perf_counter() - start)
+        return run_optimiser(task, name, batch, chunks, cfg, dist, lambda part: (task.initial(part), 0.0))
+    solver = load().to(dist.device)
+
+    def learned_start(part: Batch) -> tuple[Tensor, float]:
+        begin = time.perf_counter()
+        x0 = solver.solve(part.y, part.ctx).x
+        return x0, time.perf_counter() - begin
+
+    return run_optimiser(task, cfg.baselines.hybrid, batch, chunks, cfg, dist, learned_start)

@@ -6,7 +6,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from feedback_solver import registry
+from feedback_solver import distributed, registry
 from feedback_solver.config import load_config
 from feedback_solver.problem import Task
 
@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"fbsolve: error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        distributed.teardown()
 
 
 def cmd_tasks(args: argparse.Namespace, argv: list[str]) -> int:
@@ -82,25 +84,28 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
 
     task, cfg = make_task(args.task, args.overrides, args.variant)
     task.apply_cli_options(args, "train")
+    dist = distributed.setup(cfg.device)  # under torchrun: joins the process group (gloo on CPU, NCCL on GPU)
     out = Path(args.out) if args.out else task.checkpoint_dir / f"{args.variant}.safetensors"
-    path = train(task, cfg, out, resume=args.resume)
-    print(f"wrote {path}")
+    path = train(task, cfg, out, resume=args.resume, dist=dist)
+    if dist.is_main and path == out:
+        print(f"wrote {path} ({dist.world_size} rank(s))")
     return 0
 
 
 def cmd_solve(args: argparse.Namespace, argv: list[str]) -> int:
     from feedback_solver.bench import load_solver
 
-    task, _ = make_task(args.task, args.overrides)
+    task, cfg = make_task(args.task, args.overrides)
     task.apply_cli_options(args, "solve")
-    solver = load_solver(task, path=args.checkpoint)
+    device = distributed.resolve_device(cfg.device)
+    solver = load_solver(task, path=args.checkpoint).to(device)
     batch = task.load_observation(args)
-    res = solver.solve(batch.y, batch.ctx, args.steps)
+    res = solver.solve(batch.y.to(device), batch.to(device).ctx, args.steps)
     energy = res.trace.energies()
     print(f"solved {len(batch)} observation(s) in {res.steps} steps, {res.seconds:.3f} s "
           f"(forward model {res.forward_seconds:.3f} s); E_data median {float(energy[:, 0].median()):.4g} -> "
           f"{float(energy[:, -1].median()):.4g}")
-    for path in task.write_solution(res.x, batch, args):
+    for path in task.write_solution(res.x.cpu(), batch, args):
         print(f"wrote {path}")
     return 0
 
@@ -112,8 +117,11 @@ def cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
     task.apply_cli_options(args, "bench")
     methods = args.methods.split(",") if args.methods else None
     ckpt = Path(args.checkpoints) if getattr(args, "checkpoints", None) else None
-    res = run_bench(task, cfg, args.out, methods, args.samples, args.seed, "fbsolve " + shlex.join(argv), ckpt)
-    print((Path(args.out) / f"{res['task']}.md").read_text())
+    dist = distributed.setup(cfg.device)
+    res = run_bench(task, cfg, args.out, methods, args.samples, args.seed, "fbsolve " + shlex.join(argv), ckpt,
+                    dist=dist)
+    if dist.is_main:
+        print((Path(args.out) / f"{res['task']}.md").read_text())
     return 0
 
 

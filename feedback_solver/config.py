@@ -12,7 +12,7 @@ from feedback_solver.feedback import INPUTS
 DEFAULTS: dict[str, Any] = {
     "task": {},
     "seed": 0,
-    "device": "cpu",
+    "device": "auto",  # auto: this rank's GPU when CUDA is present, else the CPU
     "model": {},
     "feedback": {"inputs": ["y", "y_t", "residual"]},
     "solver": {
@@ -33,12 +33,14 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_every": 200,
         "log_every": 100,
         "val_samples": 256,
+        "stop_after": 0,  # > 0: save the state and stop after this many iterations (time-limited jobs); --resume
     },
     "bench": {
         "samples": 500,
         "slow_samples": 50,
         "methods": ["feedback", "regression", "adam", "lbfgs"],
-        "batch_size": 500,
+        "batch_size": 500,  # samples per learned-solver call; ranks split the test set in whole chunks
+        "slow_batch_size": 25,  # samples per optimiser call (Adam is batched; L-BFGS goes one by one anyway)
         "primary_metric": "",
     },
     "baselines": {
@@ -97,6 +99,11 @@ def validate(cfg: DictConfig) -> None:
     if bad:
         raise ValueError(f"feedback.inputs: unknown {bad}; choose from {list(INPUTS)}")
     t = cfg.train
+    if isinstance(t.stop_after, bool) or not isinstance(t.stop_after, int) or t.stop_after < 0:
+        raise ValueError(f"train.stop_after must be an integer >= 0, got {t.stop_after!r}")
+    dev = str(cfg.device).lower()
+    if dev not in ("auto", "cpu", "cuda") and not (dev.startswith("cuda:") and dev[5:].isdigit()):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     if t.schedule not in ("progressive", "joint"):
         raise ValueError(f"train.schedule must be progressive or joint, got {t.schedule!r}")
     if t.schedule == "progressive" and s.mode == "shared" and s.steps > 1:

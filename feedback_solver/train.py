@@ -1,9 +1,10 @@
-"""Unrolled training: stage-wise progressive (Ma et al.) or joint with deep/final supervision; atomic checkpoints, resume."""
+"""Unrolled training: stage-wise progressive (Ma et al.) or joint with deep/final supervision; atomic checkpoints,
+resume, and data-parallel training under torchrun (DistributedDataParallel, data sharded by rank)."""
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -11,7 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from feedback_solver import distributed
 from feedback_solver.checkpoints import load_state, save_model, save_state
+from feedback_solver.distributed import Dist
 from feedback_solver.problem import Batch, Task
 from feedback_solver.solver import FeedbackSolver, build_solver
 
@@ -65,9 +68,28 @@ def phase_loss(solver: FeedbackSolver, phase: Phase, batch: Batch, supervision: 
     return torch.stack(losses).mean()
 
 
-def data_seed(seed: int, phase_index: int, iteration: int) -> int:
-    """Each (phase, iteration) draws its own batch, so a resumed run sees the same data."""
-    return (seed * 1_000_003 + phase_index * 10_007 + iteration) % (2**31 - 1)
+class PhaseLoss(nn.Module):
+    """The phase's loss as a module's forward, so DistributedDataParallel can all-reduce its gradients."""
+
+    def __init__(self, solver: FeedbackSolver, phase: Phase, supervision: str):
+        super().__init__()
+        self.solver, self.phase, self.supervision = solver, phase, supervision
+
+    def forward(self, batch: Batch) -> Tensor:
+        return phase_loss(self.solver, self.phase, batch, self.supervision)
+
+
+def freeze_except(solver: FeedbackSolver, params: list[nn.Parameter]) -> None:
+    """Only this phase's parameters require grad: DDP then reduces exactly those, and finds none unused."""
+    keep = {id(p) for p in params}
+    for p in solver.parameters():
+        p.requires_grad_(id(p) in keep)
+
+
+def data_seed(seed: int, phase_index: int, iteration: int, rank: int = 0, world_size: int = 1) -> int:
+    """Each (phase, iteration, rank) draws its own batch: a resumed run sees the same data, no two ranks the same."""
+    base = (seed * 1_000_003 + phase_index * 10_007 + iteration) % (2**31 - 1)
+    return base if world_size == 1 else base * world_size + rank
 
 
 def make_optimiser(params: list[nn.Parameter], cfg: DictConfig, iterations: int):
@@ -84,67 +106,171 @@ def validate(solver: FeedbackSolver, batch: Batch) -> float:
     return float(solver.task.space.distance(x, batch.x).mean())
 
 
-def train(task: Task, cfg: DictConfig, out: str | os.PathLike, resume: bool = False, progress: bool = True) -> Path:
-    """Train the solver described by cfg and write it to `out` (safetensors); `resume` continues `out`.state.pt."""
+def state_config(cfg: DictConfig) -> str:
+    """The config a resumed run must match: all but the device and train.stop_after (a GPU may resume a CPU run)."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    c.pop("device", None)
+    c.get("train", {}).pop("stop_after", None)
+    return OmegaConf.to_yaml(OmegaConf.create(c))
+
+
+@dataclass
+class Run:
+    """What a training run carries across phases: where it is, its clock, and what it logs."""
+
+    task: Task
+    cfg: DictConfig
+    dist: Dist
+    plan: list[Phase]
+    state_path: Path
+    val: Batch | None
+    progress: bool
+    elapsed: float = 0.0
+    samples: int = 0
+    step_seconds: float = 0.0  # time in training steps alone (sampling, forward, backward, all-reduce, Adam)
+    budget: int | None = None  # iterations left before train.stop_after pauses the run
+    losses: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def per_rank(self) -> int:
+        return self.cfg.train.batch_size // self.dist.world_size
+
+
+class Paused(Exception):
+    """train.stop_after reached: the state is saved, as if the run had been killed there."""
+
+
+def train(task: Task, cfg: DictConfig, out: str | os.PathLike, resume: bool = False, progress: bool = True,
+          dist: Dist | None = None) -> Path:
+    """Train the solver described by cfg and write it to `out` (safetensors); `resume` continues `out`.state.pt.
+
+    Under torchrun every rank calls this; rank 0 alone writes checkpoints and shows progress.
+    """
+    dist = dist or distributed.setup(cfg.device)
     out = Path(out)
-    state_path = out.with_name(out.name + ".state.pt")
+    check_batch(cfg, dist)
     torch.manual_seed(cfg.seed)
-    solver = build_solver(task, cfg)
-    plan = phases(cfg)
-    start_phase, start_it, state = 0, 0, None
-    if resume and state_path.exists():
-        state = load_state(state_path)
-        if state["task"] != task.name or state["config"] != OmegaConf.to_yaml(cfg):
-            raise ValueError(f"{state_path} was written by another task or config; remove it or drop --resume")
-        solver.load_state_dict(state["model"])
-        start_phase, start_it = state["phase"], state["iteration"]
-    elif resume:
-        print(f"no training state at {state_path}; starting afresh")
-    val = task.sample(cfg.train.val_samples, "val", cfg.seed)
-    elapsed = 0.0 if state is None else state["seconds"]
-    for p_idx in range(start_phase, len(plan)):
-        phase = plan[p_idx]
-        params = phase_parameters(solver, phase)
-        opt, sched = make_optimiser(params, cfg, phase.iterations)
-        first = start_it if p_idx == start_phase else 0
-        if state is not None and p_idx == start_phase and first > 0:
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-        elapsed = run_phase(solver, cfg, plan, p_idx, first, opt, sched, val, state_path, elapsed, progress)
-    meta = {"phases": [p.name for p in plan], "train_seconds": round(elapsed, 1), "val_distance": validate(solver, val)}
-    save_model(out, solver, task.name, cfg, meta)
-    state_path.unlink(missing_ok=True)
+    solver = build_solver(task, cfg).to(dist.device)
+    run = Run(task, cfg, dist, phases(cfg), out.with_name(out.name + ".state.pt"), None, progress and dist.is_main)
+    start_phase, start_it, state = restore(run, solver, resume)
+    if dist.is_main:
+        run.val = task.sample(cfg.train.val_samples, "val", cfg.seed).to(dist.device)
+    if cfg.train.stop_after > 0:
+        run.budget = int(cfg.train.stop_after)
+    try:
+        for p_idx in range(start_phase, len(run.plan)):
+            first = start_it if p_idx == start_phase else 0
+            run_phase(run, solver, p_idx, first, state if p_idx == start_phase else None)
+            dist.barrier()  # every rank finishes stage t before stage t+1 starts
+    except Paused:
+        if dist.is_main:
+            print(f"train.stop_after={cfg.train.stop_after} reached; continue with --resume ({run.state_path})")
+        return run.state_path
+    finish(run, solver, out)
     return out
 
 
-def run_phase(solver, cfg, plan, p_idx, first, opt, sched, val, state_path, elapsed, progress) -> float:
+def check_batch(cfg: DictConfig, dist: Dist) -> None:
+    if cfg.train.batch_size % dist.world_size:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by the world size "
+                         f"{dist.world_size}; each rank draws batch_size / world_size samples per iteration")
+
+
+def restore(run: Run, solver: FeedbackSolver, resume: bool) -> tuple[int, int, dict | None]:
+    """Load `out`.state.pt when resuming; every rank reads the same file."""
+    if not resume or not run.state_path.exists():
+        if resume and run.dist.is_main:
+            print(f"no training state at {run.state_path}; starting afresh")
+        return 0, 0, None
+    state = load_state(run.state_path)
+    if state["task"] != run.task.name or state["config"] != state_config(run.cfg):
+        raise ValueError(f"{run.state_path} was written by another task or config; remove it or drop --resume")
+    if state.get("world_size", 1) != run.dist.world_size and run.dist.is_main:
+        print(f"warning: {run.state_path} was written with {state.get('world_size', 1)} rank(s), resuming with "
+              f"{run.dist.world_size}: the data stream changes, so the weights will differ from either run")
+    solver.load_state_dict(state["model"])
+    run.elapsed, run.samples = state["seconds"], state.get("samples", 0)
+    run.step_seconds = state.get("step_seconds", 0.0)
+    run.losses = state.get("losses", {})
+    return state["phase"], state["iteration"], state
+
+
+def finish(run: Run, solver: FeedbackSolver, out: Path) -> None:
+    """Rank 0 writes the model (with every rank's weight digest, which must agree) and drops the training state."""
+    digests = run.dist.gather(distributed.digest(solver))
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"ranks ended with different weights ({digests}); DDP replicas diverged")
+    solver.requires_grad_(True)
+    if run.dist.is_main:
+        meta = {"phases": [p.name for p in run.plan], "train_seconds": round(run.elapsed, 1),
+                "val_distance": validate(solver, run.val), "world_size": run.dist.world_size,
+                "samples_per_second": round(run.samples / max(run.step_seconds, 1e-9), 1),
+                "loss": run.losses, "rank_digests": digests}
+        save_model(out, solver, run.task.name, run.cfg, meta)
+        run.state_path.unlink(missing_ok=True)
+    run.dist.barrier()
+
+
+def run_phase(run: Run, solver: FeedbackSolver, p_idx: int, first: int, state: dict | None) -> None:
     """Optimise one phase from iteration `first`, checkpointing atomically every train.checkpoint_every."""
-    phase, task, tcfg = plan[p_idx], solver.task, cfg.train
-    bar = tqdm(range(first, phase.iterations), desc=f"{task.name} {phase.name}", disable=not progress,
+    phase, tcfg, dist = run.plan[p_idx], run.cfg.train, run.dist
+    params = phase_parameters(solver, phase)
+    opt, sched = make_optimiser(params, run.cfg, phase.iterations)
+    if state is not None and first > 0:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+    freeze_except(solver, params)
+    model = distributed.wrap(PhaseLoss(solver, phase, tcfg.supervision), dist)
+    bar = tqdm(range(first, phase.iterations), desc=f"{run.task.name} {phase.name}", disable=not run.progress,
                initial=first, total=phase.iterations, mininterval=2.0)
     solver.train()
-    tick = time.perf_counter()
+    tick = log_tick = time.perf_counter()
+    window: list[float] = []
     for it in bar:
-        batch = task.sample(tcfg.batch_size, "train", data_seed(cfg.seed, p_idx, it))
-        loss = phase_loss(solver, phase, batch, tcfg.supervision)
+        step_start = time.perf_counter()
+        seed = data_seed(run.cfg.seed, p_idx, it, dist.rank, dist.world_size)
+        loss = model(run.task.sample(run.per_rank, "train", seed).to(dist.device))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{phase.name} iteration {it}: loss is {loss.item()}; lower train.lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        done = it + 1
+        done, window = it + 1, window + [loss.item()]
+        run.samples += tcfg.batch_size
+        run.step_seconds += time.perf_counter() - step_start
+        run.budget = None if run.budget is None else run.budget - 1
         if done % tcfg.log_every == 0 or done == phase.iterations:
-            bar.set_postfix(loss=f"{loss.item():.4g}", val=f"{validate(solver, val):.4g}")
-            solver.train()
-        if done % tcfg.checkpoint_every == 0 or done == phase.iterations:
-            now = time.perf_counter()
-            elapsed, tick = elapsed + now - tick, now
-            nxt = (p_idx, done) if done < phase.iterations else (p_idx + 1, 0)
-            save_state(state_path, {
-                "task": task.name, "config": OmegaConf.to_yaml(cfg), "model": solver.state_dict(),
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "phase": nxt[0], "iteration": nxt[1], "seconds": elapsed,
-            })
+            log(run, solver, phase, bar, window, time.perf_counter() - log_tick)
+            log_tick, window = time.perf_counter(), []
+        if done % tcfg.checkpoint_every == 0 or done == phase.iterations or run.budget == 0:
+            tick = checkpoint(run, solver, opt, sched, p_idx, done, tick)
+        if run.budget == 0:
+            bar.close()
+            raise Paused
     bar.close()
-    return elapsed + time.perf_counter() - tick
+
+
+def log(run: Run, solver: FeedbackSolver, phase: Phase, bar: tqdm, window: list[float], seconds: float) -> None:
+    """Loss (mean over ranks and the last log_every iterations), validation distance and samples per second."""
+    loss = run.dist.mean(sum(window) / len(window))
+    run.losses.setdefault(phase.name, []).append(round(loss, 6))
+    if run.dist.is_main:
+        rate = len(window) * run.cfg.train.batch_size / max(seconds, 1e-9)
+        bar.set_postfix(loss=f"{loss:.4g}", val=f"{validate(solver, run.val):.4g}", samples_s=f"{rate:.0f}")
+        solver.train()
+
+
+def checkpoint(run: Run, solver: FeedbackSolver, opt, sched, p_idx: int, done: int, tick: float) -> float:
+    """Rank 0 writes the state atomically; the next (phase, iteration) is what a resumed run starts from."""
+    now = time.perf_counter()
+    run.elapsed += now - tick
+    if run.dist.is_main:
+        nxt = (p_idx, done) if done < run.plan[p_idx].iterations else (p_idx + 1, 0)
+        save_state(run.state_path, {
+            "task": run.task.name, "config": state_config(run.cfg), "model": solver.state_dict(),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "phase": nxt[0], "iteration": nxt[1],
+            "seconds": run.elapsed, "samples": run.samples, "step_seconds": run.step_seconds, "losses": run.losses,
+            "world_size": run.dist.world_size,
+        })
+    return time.perf_counter()
