@@ -80,6 +80,7 @@ def cmd_tasks(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
+    from feedback_solver.checkpoints import read_model
     from feedback_solver.train import train
 
     task, cfg = make_task(args.task, args.overrides, args.variant)
@@ -88,7 +89,9 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     out = Path(args.out) if args.out else task.checkpoint_dir / f"{args.variant}.safetensors"
     path = train(task, cfg, out, resume=args.resume, dist=dist)
     if dist.is_main and path == out:
-        print(f"wrote {path} ({dist.world_size} rank(s))")
+        meta = read_model(out, task.name)[2]
+        print(f"wrote {path}: {dist.world_size} rank(s), {meta['samples_per_second']:.0f} training samples/s, "
+              f"val distance {meta['val_distance']:.4g}")
     return 0
 
 

@@ -207,6 +207,8 @@ def _header_lines(result: Mapping[str, Any]) -> list[str]:
     lines.append(f"- Seed: {MISSING if seed is None else seed}")
     if result.get("command"):
         lines.append(f"- Command: `{result['command']}`")
+    if result.get("ranks", 1) > 1:
+        lines.append(f"- Ranks: {result['ranks']} (torchrun); seconds per sample are summed over ranks")
     if result.get("primary_metric"):
         lines.append(f"- Primary metric: {result['primary_metric']}")
     return lines + [""]
@@ -315,7 +317,7 @@ def write_report(result: dict, out_dir: str | os.PathLike) -> dict[str, pathlib.
 
     Schema (``result``)::
 
-        {"task": str, "data": str, "seed": int, "command": str (optional),
+        {"task": str, "data": str, "seed": int, "command": str (optional), "ranks": int (optional),
          "primary_metric": str,
          "methods": {NAME: {"metrics": {METRIC: {"mean", "median", "std"}},
                             "outlier_rate": fraction | None, "steps": float,

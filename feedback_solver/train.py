@@ -204,6 +204,7 @@ def finish(run: Run, solver: FeedbackSolver, out: Path) -> None:
     if run.dist.is_main:
         meta = {"phases": [p.name for p in run.plan], "train_seconds": round(run.elapsed, 1),
                 "val_distance": validate(solver, run.val), "world_size": run.dist.world_size,
+                "threads_per_rank": torch.get_num_threads(),
                 "samples_per_second": round(run.samples / max(run.step_seconds, 1e-9), 1),
                 "loss": run.losses, "rank_digests": digests}
         save_model(out, solver, run.task.name, run.cfg, meta)
