@@ -4,9 +4,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages the tasks read data from (IK: CMU BVH clips)
-SYSTEM_PACKAGES := assimp-testmodels
-SYSTEM_FILES    := /usr/share/assimp/models/BVH/01_01.bvh
+# Debian packages: the IK task's data (CMU BVH clips) and Mesa's software EGL for headless rendering
+SYSTEM_PACKAGES := assimp-testmodels libegl1 libegl-mesa0 libgl1-mesa-dri libgl1
 
 .PHONY: demo test system install clean
 
@@ -24,13 +23,15 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 system:
-	@missing=""; for f in $(SYSTEM_FILES); do [ -e "$$f" ] || missing=1; done; \
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing Debian packages: $(SYSTEM_PACKAGES)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "missing system data; run as root: apt-get install $(SYSTEM_PACKAGES)" >&2; exit 1; \
+	    echo "missing Debian packages; run as root: apt-get install$$missing" >&2; exit 1; \
 	  fi; \
 	fi
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from feedback_solver import distributed, registry
+from feedback_solver.errors import OpenGLUnavailable
 from feedback_solver.config import load_config
 from feedback_solver.problem import Task
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse(argv)
         return COMMANDS[args.command](args, argv)
-    except (ValueError, KeyError, FileNotFoundError, NotImplementedError) as err:
+    except (ValueError, KeyError, FileNotFoundError, NotImplementedError, OpenGLUnavailable) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"fbsolve: error: {msg}", file=sys.stderr)
         return 2

@@ -1,0 +1,109 @@
+"""Headless OpenGL through pyrender: EGL on Mesa by default, OSMesa as a fallback; one context per process.
+
+pyrender is the rasteriser (nothing home-made); this module picks its platform before PyOpenGL is imported,
+turns a missing GL stack into one error that names the fix, and keeps the GL context and mesh buffers alive
+across calls, since creating them costs far more than a 128 x 128 render (about 2.4 ms here on llvmpipe).
+"""
+from __future__ import annotations
+
+import ctypes.util
+import functools
+import os
+from dataclasses import dataclass
+from typing import Any, Hashable, Sequence
+
+import numpy as np
+import roma
+import torch
+import trimesh
+from torch import Tensor
+
+from feedback_solver.errors import OpenGLUnavailable
+
+PACKAGES = "libegl1 libegl-mesa0 libgl1-mesa-dri libgl1"
+FIX = (f"install the Debian packages {PACKAGES} and set PYOPENGL_PLATFORM=egl (or install libosmesa6 with "
+       "PyOpenGL>=3.1.7 and set PYOPENGL_PLATFORM=osmesa)")
+
+
+def choose_platform() -> str:
+    """PYOPENGL_PLATFORM when set; else EGL when libEGL is installed; else OSMesa when libOSMesa is."""
+    if os.environ.get("PYOPENGL_PLATFORM"):
+        return os.environ["PYOPENGL_PLATFORM"]
+    if ctypes.util.find_library("EGL"):
+        return "egl"
+    return "osmesa" if ctypes.util.find_library("OSMesa") else "egl"
+
+
+def import_pyrender() -> Any:
+    """pyrender, with PyOpenGL's platform chosen first (it is fixed at PyOpenGL's import)."""
+    os.environ.setdefault("PYOPENGL_PLATFORM", choose_platform())
+    try:
+        import pyrender
+    except Exception as err:  # PyOpenGL raises ImportError, AttributeError or its own errors
+        raise OpenGLUnavailable(f"OpenGL is not usable ({type(err).__name__}: {err}); {FIX}") from err
+    return pyrender
+
+
+@dataclass(frozen=True)
+class Camera:
+    """A fixed pinhole camera at the origin looking down -z (y up); the canonical object sits at (0, 0, -distance)."""
+
+    size: int = 128
+    focal: float = 160.0  # pixels
+    distance: float = 4.0  # scene units (the objects' bounding-sphere radius is 1)
+    znear: float = 0.5
+    zfar: float = 20.0
+
+
+class SilhouetteRenderer:
+    """Binary masks (B x 1 x H x W, 0/1) of registered meshes under batched poses (unit quaternion XYZW, t)."""
+
+    def __init__(self, camera: Camera = Camera()):
+        self.pyrender = import_pyrender()
+        self.camera = camera
+        try:
+            self.gl = self.pyrender.OffscreenRenderer(camera.size, camera.size)
+        except Exception as err:
+            raise OpenGLUnavailable(f"cannot create a headless OpenGL context "
+                                    f"(PYOPENGL_PLATFORM={os.environ.get('PYOPENGL_PLATFORM')}: {err}); {FIX}") from err
+        half = camera.size / 2
+        intr = self.pyrender.IntrinsicsCamera(camera.focal, camera.focal, half, half, camera.znear, camera.zfar)
+        self.scene = self.pyrender.Scene(bg_color=(0, 0, 0, 0))
+        self.scene.add(intr, pose=np.eye(4))
+        self.nodes: dict[Hashable, Any] = {}
+
+    def add_mesh(self, key: Hashable, mesh: trimesh.Trimesh) -> None:
+        """Upload a mesh once; later renders refer to it by key."""
+        if key not in self.nodes:
+            self.nodes[key] = self.scene.add(self.pyrender.Mesh.from_trimesh(mesh, smooth=False))
+
+    def object_to_camera(self, poses: Tensor) -> np.ndarray:
+        """(B, 7) poses -> (B, 4, 4) transforms: rotation about the object's centre, then the offset t."""
+        rot = roma.unitquat_to_rotmat(roma.quat_normalize(poses[:, :4].detach().double().cpu()))
+        mats = np.tile(np.eye(4), (poses.shape[0], 1, 1))
+        mats[:, :3, :3] = rot.numpy()
+        mats[:, :3, 3] = poses[:, 4:].detach().double().cpu().numpy() + np.array([0.0, 0.0, -self.camera.distance])
+        return mats
+
+    def render(self, keys: Sequence[Hashable], poses: Tensor) -> Tensor:
+        """One render per sample; only the sample's own mesh is drawn (SEG mode skips nodes outside the map)."""
+        if len(keys) != poses.shape[0]:
+            raise ValueError(f"{len(keys)} mesh keys for {poses.shape[0]} poses")
+        missing = {k for k in keys if k not in self.nodes}
+        if missing:
+            raise KeyError(f"meshes {sorted(map(str, missing))[:3]} were never added to the renderer")
+        mats = self.object_to_camera(poses)
+        out = np.empty((len(keys), self.camera.size, self.camera.size), dtype=np.float32)
+        flags = self.pyrender.RenderFlags.SEG
+        for i, key in enumerate(keys):
+            node = self.nodes[key]
+            self.scene.set_pose(node, mats[i])
+            color, _ = self.gl.render(self.scene, flags=flags, seg_node_map={node: (255, 255, 255)})
+            out[i] = color[..., 0] > 127
+        return torch.from_numpy(out).unsqueeze(1).to(poses.device)
+
+
+@functools.cache
+def renderer(camera: Camera = Camera()) -> SilhouetteRenderer:
+    """The process's renderer for this camera: one GL context, reused by every call."""
+    return SilhouetteRenderer(camera)
