@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_every": 200,
         "log_every": 100,
         "val_samples": 256,
+        "pool": 0,  # > 0: progressive phases train on this many fixed samples with cached states (costly forwards)
         "stop_after": 0,  # > 0: save the state and stop after this many iterations (time-limited jobs); --resume
     },
     "bench": {
@@ -99,6 +100,8 @@ def validate(cfg: DictConfig) -> None:
     if bad:
         raise ValueError(f"feedback.inputs: unknown {bad}; choose from {list(INPUTS)}")
     t = cfg.train
+    if isinstance(t.pool, bool) or not isinstance(t.pool, int) or t.pool < 0:
+        raise ValueError(f"train.pool must be an integer >= 0, got {t.pool!r}")
     if isinstance(t.stop_after, bool) or not isinstance(t.stop_after, int) or t.stop_after < 0:
         raise ValueError(f"train.stop_after must be an integer >= 0, got {t.stop_after!r}")
     dev = str(cfg.device).lower()

@@ -50,15 +50,21 @@ def phase_parameters(solver: FeedbackSolver, phase: Phase) -> list[nn.Parameter]
     return list(solver.parameters())
 
 
-def phase_loss(solver: FeedbackSolver, phase: Phase, batch: Batch, supervision: str) -> Tensor:
-    """Supervised loss: on one new stage's output (progressive) or along the whole unroll (joint)."""
+def phase_loss(solver: FeedbackSolver, phase: Phase, batch: Batch, supervision: str,
+               states: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Supervised loss: on one new stage's output (progressive) or along the whole unroll (joint).
+
+    `states` = (x_t, y_t) cached by a Pool; without them, stage t's inputs are solved for afresh.
+    """
     task = solver.task
     if phase.name == "init":
         return task.loss(solver.init(batch.y, batch.ctx), batch.x, batch.ctx)
     if phase.stage is not None:
-        x_t = solver.solve(batch.y, batch.ctx, steps=phase.stage).x if phase.stage else None
-        x_t = solver.init(batch.y, batch.ctx).detach() if x_t is None else x_t
-        dx, _, _ = solver.propose(phase.stage, x_t, batch.y, batch.ctx, None)
+        x_t, y_t = states if states is not None else (None, None)
+        if x_t is None:
+            x_t = solver.solve(batch.y, batch.ctx, steps=phase.stage).x if phase.stage else None
+            x_t = solver.init(batch.y, batch.ctx).detach() if x_t is None else x_t
+        dx, _, _ = solver.propose(phase.stage, x_t, batch.y, batch.ctx, None, y_t)
         return task.loss(task.space.retract(x_t, dx), batch.x, batch.ctx)
     states = solver.unroll(batch, solver.steps)
     if supervision == "final":
@@ -75,8 +81,61 @@ class PhaseLoss(nn.Module):
         super().__init__()
         self.solver, self.phase, self.supervision = solver, phase, supervision
 
-    def forward(self, batch: Batch) -> Tensor:
-        return phase_loss(self.solver, self.phase, batch, self.supervision)
+    def forward(self, batch: Batch, states: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        return phase_loss(self.solver, self.phase, batch, self.supervision, states)
+
+
+@dataclass
+class Pool:
+    """Fixed training samples with their states x_t, y_t, advanced one stage at a time (train.pool > 0).
+
+    For an expensive forward model (a renderer) progressive training then calls it about once per sample and
+    stage, instead of t + 1 times per sample at every iteration of stage t; Ma et al. train on such stored sets.
+    """
+
+    batch: Batch
+    x: Tensor | None = None
+    y_t: Tensor | None = None
+    t: int = -1  # the stage the states are at; -1 before the initializer has run
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+
+POOL_PHASE = 9_999  # a phase index of its own for the pool's data seed
+
+
+def make_pool(run: "Run") -> Pool:
+    """This rank's share of train.pool samples, drawn once with a seed of its own."""
+    size = run.cfg.train.pool // run.dist.world_size
+    seed = data_seed(run.cfg.seed, POOL_PHASE, 0, run.dist.rank, run.dist.world_size)
+    return Pool(run.task.sample(size, "train", seed).to(run.dist.device))
+
+
+@torch.no_grad()
+def advance(solver: FeedbackSolver, pool: Pool, stage: int, chunk: int) -> None:
+    """Bring the pool's states to `stage`: x_0 from the initializer, then accepted steps of stages < `stage`."""
+    task, was_training = solver.task, solver.training
+    solver.eval()
+    if pool.t < 0:
+        xs = [solver.init(p.y, p.ctx) for p in chunks(pool.batch, chunk)]
+        pool.x = torch.cat(xs)
+        pool.y_t = torch.cat([task.forward(x, p.ctx) for x, p in zip(xs, chunks(pool.batch, chunk))])
+        pool.t = 0
+    while pool.t < stage:
+        for lo in range(0, len(pool), chunk):
+            sl = slice(lo, lo + chunk)
+            p, x, y_t = pool.batch.index(sl), pool.x[sl], pool.y_t[sl]
+            dx, _, fb = solver.propose(pool.t, x, p.y, p.ctx, None, y_t)
+            acc = solver.acceptance(task, x, dx, p.y, p.ctx, fb.energy, fb.y_t)
+            pool.x[sl] = acc.x
+            pool.y_t[sl] = acc.y_t if acc.y_t is not None else task.forward(acc.x, p.ctx)
+        pool.t += 1
+    solver.train(was_training)
+
+
+def chunks(batch: Batch, size: int) -> list[Batch]:
+    return [batch.index(slice(lo, lo + size)) for lo in range(0, len(batch), size)]
 
 
 def freeze_except(solver: FeedbackSolver, params: list[nn.Parameter]) -> None:
@@ -130,6 +189,7 @@ class Run:
     step_seconds: float = 0.0  # time in training steps alone (sampling, forward, backward, all-reduce, Adam)
     budget: int | None = None  # iterations left before train.stop_after pauses the run
     losses: dict[str, list[float]] = field(default_factory=dict)
+    pool: Pool | None = None
 
     @property
     def per_rank(self) -> int:
@@ -227,10 +287,16 @@ def run_phase(run: Run, solver: FeedbackSolver, p_idx: int, first: int, state: d
     solver.train()
     tick = log_tick = time.perf_counter()
     window: list[float] = []
+    pooled = uses_pool(run, phase)
+    if pooled:
+        run.pool = run.pool or make_pool(run)
+        if phase.stage is not None:
+            advance(solver, run.pool, phase.stage, tcfg.batch_size)
     for it in bar:
         step_start = time.perf_counter()
         seed = data_seed(run.cfg.seed, p_idx, it, dist.rank, dist.world_size)
-        loss = model(run.task.sample(run.per_rank, "train", seed).to(dist.device))
+        loss = model(*pool_batch(run, phase, seed)) if pooled else model(
+            run.task.sample(run.per_rank, "train", seed).to(dist.device))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{phase.name} iteration {it}: loss is {loss.item()}; lower train.lr")
         opt.zero_grad(set_to_none=True)
@@ -250,6 +316,19 @@ def run_phase(run: Run, solver: FeedbackSolver, p_idx: int, first: int, state: d
             bar.close()
             raise Paused
     bar.close()
+
+
+def uses_pool(run: Run, phase: Phase) -> bool:
+    """The pool serves the initializer and the progressive stages; joint phases unroll on fresh samples."""
+    return run.cfg.train.pool > 0 and (phase.name == "init" or phase.stage is not None)
+
+
+def pool_batch(run: Run, phase: Phase, seed: int) -> tuple[Batch, tuple[Tensor, Tensor] | None]:
+    """A minibatch of the pool (indices from this iteration's seed, so a resumed run draws the same ones)."""
+    pool = run.pool
+    idx = torch.randint(len(pool), (run.per_rank,), generator=torch.Generator().manual_seed(seed))
+    states = None if phase.stage is None else (pool.x[idx.to(pool.x.device)], pool.y_t[idx.to(pool.x.device)])
+    return pool.batch.index(idx), states
 
 
 def log(run: Run, solver: FeedbackSolver, phase: Phase, bar: tqdm, window: list[float], seconds: float) -> None:

@@ -245,3 +245,47 @@ def test_checkpoint_of_another_model_shape_is_refused(toy_task, trained, toy_cfg
     with pytest.raises(ValueError, match="does not fit this model"):
         load_weights(other, tensors, str(trained[0]))
     load_weights(build_solver(toy_task, toy_cfg()), tensors, str(trained[0]))  # the matching shape loads
+
+
+# --- pooled training (costly forward models) -------------------------------------------------------------------
+def test_pool_states_are_the_solvers_own_states(toy_task, fast_cfg, tmp_path):
+    path = train(toy_task, fast_cfg(), tmp_path / "p.safetensors", progress=False)
+    solver = load_solver(toy_task, path=path)
+    pool = train_mod.Pool(toy_task.sample(100, "train", 3))
+    for stage in (0, 2, 3):
+        train_mod.advance(solver, pool, stage, chunk=32)
+        assert pool.t == stage
+        ref = solver.solve(pool.batch.y, pool.batch.ctx, steps=stage)
+        assert torch.allclose(pool.x, ref.x, atol=1e-5)
+        assert torch.allclose(pool.y_t, toy_task.forward(ref.x, {}), atol=1e-5)
+
+
+def test_pooled_training_learns_calls_the_forward_model_less_and_resumes_exactly(toy_task, fast_cfg, tmp_path,
+                                                                                   monkeypatch):
+    cfg = fast_cfg("train.pool=256", "train.iterations=100", "solver.init=learned")
+    calls = [0]
+    real = type(toy_task).forward
+
+    def counting(self, x, ctx):
+        calls[0] += x.shape[0]
+        return real(self, x, ctx)
+
+    with monkeypatch.context() as m:
+        m.setattr(type(toy_task), "forward", counting)
+        ref = train(toy_task, cfg, tmp_path / "ref.safetensors", progress=False)
+    val = toy_task.sample(256, "val", 11)
+    assert validate(load_solver(toy_task, path=ref), val) < 0.12
+    fresh = 3 * 100 * cfg.train.batch_size  # at least one forward per sample and iteration without the pool
+    assert calls[0] < fresh / 2, (calls[0], fresh)
+    out = tmp_path / "run.safetensors"
+    with monkeypatch.context() as m:
+        count_steps(m, crash_after=250)  # inside stage 1, past its first checkpoint
+        with pytest.raises(Interrupted):
+            train(toy_task, cfg, out, progress=False)
+    train(toy_task, cfg, out, resume=True, progress=False)
+    assert max_diff(weights(ref), weights(out)) <= 1e-6
+
+
+def test_pool_must_be_a_non_negative_integer(toy_cfg):
+    with pytest.raises(ValueError, match="train.pool must be an integer >= 0"):
+        toy_cfg("train.pool=-5")
