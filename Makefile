@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages: the IK task's data (CMU BVH clips) and Mesa's software EGL for headless rendering
-SYSTEM_PACKAGES := assimp-testmodels libegl1 libegl-mesa0 libgl1-mesa-dri libgl1
+# Debian packages: the IK task's data (CMU BVH clips), Mesa's software EGL for headless rendering, and the LLVM 19
+# that Mitsuba's CPU backend needs (Mesa's LLVM 15 crashes it)
+SYSTEM_PACKAGES := assimp-testmodels libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 libllvm19
 
 .PHONY: demo test system install clean
 
@@ -19,7 +20,7 @@ install: system $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[test]'
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[test,baselines]'
 	touch $(STAMP)
 
 system:

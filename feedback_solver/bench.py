@@ -36,6 +36,15 @@ LEARNED = {
 SLOW = ("adam", "lbfgs", "hybrid")
 
 
+def optimisers(task: Task) -> dict[str, Callable]:
+    """Adam and L-BFGS, and whatever optimisers the task adds (its differentiable-renderer baseline, say)."""
+    return OPTIMISERS | task.optimisers()
+
+
+def slow_methods(task: Task) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(SLOW + tuple(task.optimisers())))
+
+
 def load_solver(task: Task, variant: str = "feedback", path: str | os.PathLike | None = None,
                 no_damping: bool = False, folder: Path | None = None) -> FeedbackSolver:
     """Rebuild a shipped (or given) checkpoint's solver from the config stored inside it (on the CPU)."""
@@ -58,6 +67,7 @@ class Raw:
     seconds: float
     forward_seconds: float | None = None
     energy: Tensor | None = None  # learned: E_data along the trace (n x T+1)
+    step_seconds: Tensor | None = None  # learned: (forward, update) seconds per step, summed over samples (2 x T+1)
 
     @staticmethod
     def merge(parts: list["Raw"]) -> "Raw":
@@ -66,8 +76,9 @@ class Raw:
         cat = torch.cat
         fwd = None if parts[0].forward_seconds is None else sum(p.forward_seconds for p in parts)
         energy = None if parts[0].energy is None else cat([p.energy for p in parts])
+        steps = None if parts[0].step_seconds is None else sum(p.step_seconds for p in parts)
         return Raw(cat([p.x for p in parts]), {k: cat([p.states[k] for p in parts]) for k in parts[0].states},
-                   cat([p.steps for p in parts]), sum(p.seconds for p in parts), fwd, energy)
+                   cat([p.steps for p in parts]), sum(p.seconds for p in parts), fwd, energy, steps)
 
 
 def concat(raws: list[Raw], dim: int) -> Raw:
@@ -104,6 +115,10 @@ def entry(task: Task, raw: Raw, batch: Batch, metric: str) -> dict[str, Any]:
     if raw.energy is not None:
         e = raw.energy
         out["energy_monotone"] = float((e.diff(dim=1) <= 0).all(dim=1).float().mean()) if e.shape[1] > 1 else None
+    if raw.step_seconds is not None:
+        fwd, upd = (raw.step_seconds / n).tolist()
+        out["per_step"] = {"forward_seconds_per_sample": fwd, "update_seconds_per_sample": upd,
+                           "forward_fraction": raw.forward_seconds / raw.seconds if raw.seconds else None}
     return out
 
 
@@ -112,8 +127,10 @@ def solve_chunk(solver: FeedbackSolver, part: Batch, steps: int | None) -> Raw:
     res = solver.solve(part.y, part.ctx, steps)
     wall = time.perf_counter() - start
     states = {t: x_t.cpu() for t, x_t in enumerate(res.trace.x)}
+    tr = res.trace  # step t's forward time is its feedback render and acceptance renders; the last is the final check
+    per_step = torch.tensor([tr.forward_seconds, tr.update_seconds + [0.0]], dtype=torch.float64)
     return Raw(res.x.cpu(), states, torch.full((len(part),), float(res.steps)), wall, res.forward_seconds,
-               res.trace.energies().cpu())
+               res.trace.energies().cpu(), per_step)
 
 
 def run_learned(task: Task, solver: FeedbackSolver, batch: Batch, chunks: list[slice], dist: Dist,
@@ -134,7 +151,7 @@ def run_optimiser(task: Task, name: str, batch: Batch, chunks: list[slice], cfg:
     for c in chunks:
         part = batch.index(c).to(dist.device)
         x0, extra = start(part)
-        res = OPTIMISERS[name](task, part.y, part.ctx, x0, cfg)
+        res = optimisers(task)[name](task, part.y, part.ctx, x0, cfg)
         raws.append(Raw(res.x.detach().cpu(), {k: v.cpu() for k, v in res.snapshots.items()},
                         res.steps.cpu().float(), res.seconds + extra))
     return concat(raws, task.space.dim)
@@ -153,9 +170,12 @@ def run_bench(task: Task, cfg: DictConfig, out: str | os.PathLike, methods: list
     """
     dist = dist or distributed.setup(cfg.device)
     methods = list(methods or cfg.bench.methods)
-    unknown = [m for m in methods if m not in LEARNED and m not in SLOW]
+    unknown = [m for m in methods if m not in LEARNED and m not in slow_methods(task)]
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose from {list(LEARNED) + list(SLOW)}")
+        raise ValueError(f"unknown methods {unknown}; choose from {list(LEARNED) + list(slow_methods(task))}")
+    if "hybrid" in methods and cfg.baselines.hybrid not in optimisers(task):
+        raise ValueError(f"baselines.hybrid={cfg.baselines.hybrid!r} is not an optimiser of task {task.name!r}; "
+                         f"choose from {sorted(optimisers(task))}")
     samples = samples or cfg.bench.samples
     seed = cfg.seed if seed is None else seed
     batch = task.sample(samples, "test", seed)  # every rank draws the same set, then works on its own chunks
@@ -191,7 +211,7 @@ def plan_jobs(task: Task, cfg: DictConfig, methods: list[str], batch: Batch, sub
             variant, off = LEARNED[m]
             jobs.append((m, False, lambda v=variant, o=off: run_learned(task, load(v, no_damping=o), batch, fast,
                                                                         dist)))
-    slow = [m for m in methods if m in SLOW]
+    slow = [m for m in methods if m in slow_methods(task)]
     if not slow:
         return jobs
     sub_fast = dist.chunks(len(subset), cfg.bench.batch_size)
@@ -204,7 +224,8 @@ def plan_jobs(task: Task, cfg: DictConfig, methods: list[str], batch: Batch, sub
 
 def run_slow(task: Task, name: str, batch: Batch, chunks: list[slice], cfg: DictConfig, dist: Dist,
              load: Callable) -> Raw:
-    """Optimisers start from the task's constant start; hybrid starts from the learned solver's answer."""
+    """Optimisers start from the task's constant start; hybrid starts from the learned solver's answer and runs
+    the optimiser that baselines.hybrid names."""
     if name != "hybrid":
         return run_optimiser(task, name, batch, chunks, cfg, dist, lambda part: (task.initial(part), 0.0))
     solver = load().to(dist.device)

@@ -136,7 +136,9 @@ def cmd_demo(args: argparse.Namespace, argv: list[str]) -> int:
         if not (task.checkpoint_dir / "feedback.safetensors").exists():
             print(f"{name}: no shipped checkpoint, skipped")
             continue
-        cmd_bench(parse(["bench", name, "--out", args.out, "--samples", str(args.samples)]), argv)
+        quick = task.cfg.bench.demo_methods
+        methods = ["--methods", ",".join(quick)] if quick else []
+        cmd_bench(parse(["bench", name, "--out", args.out, "--samples", str(args.samples), *methods]), argv)
     return 0
 
 

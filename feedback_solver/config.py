@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
         "samples": 500,
         "slow_samples": 50,
         "methods": ["feedback", "regression", "adam", "lbfgs"],
+        "demo_methods": None,  # `fbsolve demo`'s methods when the full list is too slow for a demo (None: all)
         "batch_size": 500,  # samples per learned-solver call; ranks split the test set in whole chunks
         "slow_batch_size": 25,  # samples per optimiser call (Adam is batched; L-BFGS goes one by one anyway)
         "primary_metric": "",

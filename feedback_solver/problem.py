@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 from omegaconf import DictConfig
@@ -119,6 +119,13 @@ class Task:
     def make_initializer(self, model: DictConfig) -> nn.Module | None:
         """A learned initializer: forward(y, ctx, x0) -> x0', or None for the constant/analytic start."""
         return None
+
+    def optimisers(self) -> dict[str, Callable[..., Any]]:
+        """Extra baseline optimisers by report name (e.g. a differentiable renderer), beside Adam and L-BFGS.
+
+        Each is called as f(task, y, ctx, x0, cfg) and returns a `baselines.OptimResult`, as Adam does.
+        """
+        return {}
 
     # --- command line --------------------------------------------------------------------------
     @property

@@ -199,6 +199,24 @@ def energy_lines(result: Mapping[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def step_time_lines(result: Mapping[str, Any], name: str = REFERENCE_METHOD) -> list[str]:
+    """The seed's runtime breakdown: forward-model and update time per step of the learned solver."""
+    m = (result.get("methods") or {}).get(name) or {}
+    per = m.get("per_step")
+    if not per:
+        return []
+    fwd, upd = per["forward_seconds_per_sample"], per["update_seconds_per_sample"]
+    lines = [f"## Time per step ({_md_escape(name)})", "",
+             "Per sample; step T is the final forward call that scores the answer. Forward time includes the "
+             "damping's extra calls.", "",
+             _table_row(["step", "forward", "update"]), _table_row(["---"] * 3)]
+    lines += [_table_row([str(t), fmt_seconds(f), fmt_seconds(u)]) for t, (f, u) in enumerate(zip(fwd, upd))]
+    frac = per.get("forward_fraction")
+    if not _is_missing(frac):
+        lines += ["", f"Forward model: {100 * float(frac):.1f}% of the solve time."]
+    return lines + [""]
+
+
 def _header_lines(result: Mapping[str, Any]) -> list[str]:
     """Provenance first, so a reader knows how to reproduce the numbers."""
     lines = [f"# Benchmark: {result.get('task', MISSING)}", ""]
@@ -224,6 +242,7 @@ def render_markdown(result: Mapping[str, Any], png_name: str | None = None) -> s
         title = f"Subset ({n} samples)" if n is not None else "Subset"
         lines += _section(title, subset["methods"], subset.get("note"))
     lines += energy_lines(result)
+    lines += step_time_lines(result)
     if png_name:
         lines += [f"![{result.get('primary_metric', 'metric')} vs step]({png_name})", ""]
     return "\n".join(lines)

@@ -91,12 +91,19 @@ class Rotation6D(Space):
 
 
 class QuaternionTranslation(Space):
-    """A rigid pose (unit quaternion XYZW, translation); the quaternion is renormalised on every retract."""
+    """A rigid pose (unit quaternion XYZW, translation); the quaternion is renormalised on every retract.
+
+    `frame` says where the rotation update acts: "local" (q * exp(dx), the object's axes) or "world" (exp(dx) * q,
+    the camera's axes, where an image-space error is seen, so an image-based update need not know q to undo it).
+    """
 
     dim, tangent_dim = 7, 6
 
-    def __init__(self, t_low: float | None = None, t_high: float | None = None, trans_weight: float = 1.0):
-        self.t_low, self.t_high, self.trans_weight = t_low, t_high, trans_weight
+    def __init__(self, t_low: float | None = None, t_high: float | None = None, trans_weight: float = 1.0,
+                 frame: str = "local"):
+        if frame not in ("local", "world"):
+            raise ValueError(f"rotation frame must be local or world, got {frame!r}")
+        self.t_low, self.t_high, self.trans_weight, self.frame = t_low, t_high, trans_weight, frame
 
     def project(self, x: Tensor) -> Tensor:
         q, t = x[:, :4], x[:, 4:]
@@ -105,7 +112,8 @@ class QuaternionTranslation(Space):
         return torch.cat([roma.quat_normalize(q), t], dim=1)
 
     def retract(self, x: Tensor, dx: Tensor) -> Tensor:
-        q = roma.quat_product(x[:, :4], roma.rotvec_to_unitquat(dx[:, :3]))
+        step = roma.rotvec_to_unitquat(dx[:, :3])
+        q = roma.quat_product(step, x[:, :4]) if self.frame == "world" else roma.quat_product(x[:, :4], step)
         return self.project(torch.cat([q, x[:, 4:] + dx[:, 3:]], dim=1))
 
     def rotation_angle(self, a: Tensor, b: Tensor) -> Tensor:

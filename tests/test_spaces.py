@@ -184,3 +184,16 @@ def test_check_rejects_nan_inf_and_wrong_shapes_with_a_message(space):
         space.check(torch.zeros(space.dim), "params")
     with pytest.raises(ValueError, match="expected shape"):
         space.check(torch.zeros(2, 3, space.dim))
+
+
+def test_quaternion_world_and_local_frames_act_on_the_camera_and_the_object_axes():
+    g = gen(11)
+    x = QuaternionTranslation().project(torch.randn(4, 7, generator=g, dtype=torch.float64))
+    dx = torch.cat([0.3 * torch.randn(4, 3, generator=g, dtype=torch.float64), torch.zeros(4, 3, dtype=x.dtype)], 1)
+    rot, step = roma.unitquat_to_rotmat(x[:, :4]), roma.rotvec_to_rotmat(dx[:, :3])
+    world = QuaternionTranslation(frame="world").retract(x, dx)
+    local = QuaternionTranslation(frame="local").retract(x, dx)
+    assert torch.allclose(roma.unitquat_to_rotmat(world[:, :4]), step @ rot, atol=1e-9)
+    assert torch.allclose(roma.unitquat_to_rotmat(local[:, :4]), rot @ step, atol=1e-9)
+    with pytest.raises(ValueError, match="local or world"):
+        QuaternionTranslation(frame="camera")

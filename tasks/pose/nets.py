@@ -1,0 +1,78 @@
+"""Pose networks: a LeNet-like CNN over stacked silhouettes, with the current pose appended before the MLP head."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from feedback_solver.update import MLP
+
+IMAGE_INPUTS = ("y", "y_t", "residual")
+
+
+def encoder(in_ch: int, levels: tuple[int, ...], kernel: int) -> nn.Sequential:
+    """LeNet-like, sized for the CPU: a strided first conv (kernel x kernel), then 3x3 conv + ReLU + max-pool levels."""
+    mods: list[nn.Module] = [nn.Conv2d(in_ch, levels[0], kernel, stride=2, padding=kernel // 2), nn.ReLU()]
+    for a, b in zip(levels[:-1], levels[1:]):
+        mods += [nn.Conv2d(a, b, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+    return nn.Sequential(*mods)
+
+
+def pixel_coordinates(images: Tensor) -> Tensor:
+    """Two channels of x and y in [-1, 1] (CoordConv): where a shape lies is what the translation update needs."""
+    b, _, h, w = images.shape
+    ys = torch.linspace(-1, 1, h, device=images.device, dtype=images.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
+    xs = torch.linspace(-1, 1, w, device=images.device, dtype=images.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
+    return torch.cat([xs, ys], 1)
+
+
+class PoseCNN(nn.Module):
+    """Images (B x C x H x W) -> a 6-vector (rotation vector, translation), optionally seeing the pose x (7)."""
+
+    def __init__(self, channels: int, with_pose: bool, size: int, model: DictConfig):
+        super().__init__()
+        levels = tuple(int(c) for c in model.channels)
+        self.coords = bool(model.coords)
+        self.shrink = int(model.downsample)
+        self.encoder = encoder(channels + 2 * self.coords, levels, int(model.kernel))
+        side = size // self.shrink // 2 ** len(levels)
+        self.with_pose = with_pose
+        self.head = MLP(levels[-1] * side * side + (7 if with_pose else 0), int(model.hidden), 6, int(model.layers))
+
+    def forward(self, images: Tensor, x: Tensor | None = None) -> Tensor:
+        if self.shrink > 1:  # area averaging keeps sub-pixel edge positions as grey levels
+            images = nn.functional.avg_pool2d(images, self.shrink)
+        if self.coords:
+            images = torch.cat([images, pixel_coordinates(images)], 1)
+        f = self.encoder(images).flatten(1)
+        if self.with_pose:
+            f = torch.cat([f, x], 1)
+        return self.head(f)
+
+
+class PoseUpdate(nn.Module):
+    """Residual feedback (y, y_t, y - y_t as image channels) -> tangent update of the pose."""
+
+    def __init__(self, inputs: list[str], size: int, model: DictConfig):
+        super().__init__()
+        self.images = [k for k in inputs if k in IMAGE_INPUTS]
+        if "gradient" in inputs:
+            raise ValueError("pose: the silhouette renderer is not differentiable; feedback.inputs cannot hold gradient")
+        self.net = PoseCNN(len(self.images), "x" in inputs, size, model)
+
+    def forward(self, fb: dict[str, Tensor], h: Any = None) -> tuple[Tensor, Any]:
+        return self.net(torch.cat([fb[k] for k in self.images], 1), fb.get("x")), h
+
+
+class PoseInitializer(nn.Module):
+    """Regression from the silhouette alone: a tangent step away from the canonical pose."""
+
+    def __init__(self, size: int, model: DictConfig, space):
+        super().__init__()
+        self.space = space
+        self.net = PoseCNN(1, False, size, model)
+
+    def forward(self, y: Tensor, ctx: dict[str, Any], x0: Tensor) -> Tensor:
+        return self.space.retract(x0, self.net(y))

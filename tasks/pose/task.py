@@ -1,0 +1,197 @@
+"""6-DoF object pose from one binary silhouette (Ma et al. 2020, Sec. 4.1): x = (unit quaternion XYZW, t)."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import roma
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+from torch import Tensor, nn
+
+from feedback_solver.problem import Batch, Task
+from feedback_solver.render import Camera, render_parallel, renderer
+from feedback_solver.render.mesh import SUFFIXES
+from feedback_solver.spaces import QuaternionTranslation, degrees
+from tasks.pose import meshes, mitsuba
+from tasks.pose.nets import PoseInitializer, PoseUpdate
+
+SPLIT_OFFSETS = {"train": 0, "val": 5_555_555, "test": 9_999_991}
+
+
+class PoseTask(Task):
+    """Pose of a known mesh relative to its canonical pose (centred, 4 units in front of the camera)."""
+
+    name = "pose"
+    differentiable = False
+
+    def __init__(self, cfg: DictConfig):
+        super().__init__(cfg)
+        t = cfg.task
+        self.camera = Camera(int(t.size), float(t.focal), float(t.distance))
+        self.train_meshes = [str(m) for m in t.train_meshes]
+        self.test_meshes = [str(m) for m in t.test_meshes]
+        meshes.check_disjoint(self.train_meshes, self.test_meshes)
+        self.procedural = int(t.procedural)
+        self._space = QuaternionTranslation(-float(t.translation_bound), float(t.translation_bound),
+                                            frame=str(t.rotation_frame))
+        self.user_meshes: list[str] | None = None
+
+    # --- physics -----------------------------------------------------------------------------
+    @property
+    def space(self) -> QuaternionTranslation:
+        return self._space
+
+    def forward(self, x: Tensor, ctx: dict[str, Any]) -> Tensor:
+        """Binary silhouettes (B x 1 x S x S) of each sample's mesh under its pose."""
+        workers = int(self.cfg.task.render_workers)
+        if workers > 1 and x.shape[0] >= 4 * workers:
+            return render_parallel(self.camera, workers, meshes.mesh, ctx["mesh"], x)
+        gl = renderer(self.camera)
+        for name in set(ctx["mesh"]):
+            if name not in gl.nodes:
+                gl.add_mesh(name, meshes.mesh(name))
+        return gl.render(ctx["mesh"], x)
+
+    # --- data ----------------------------------------------------------------------------------
+    def names(self, split: str) -> list[str]:
+        if split in ("train", "val"):
+            return self.train_meshes + meshes.procedural(self.procedural)
+        if split == "test":
+            return self.user_meshes or self.test_meshes
+        raise ValueError(f"split must be train, val or test, got {split!r}")
+
+    def random_poses(self, n: int, gen: torch.Generator) -> Tensor:
+        """Rotation about a uniform random axis by |angle| in [min, max] deg; offset uniform in +-range per axis."""
+        t = self.cfg.task
+        axis = torch.nn.functional.normalize(torch.randn(n, 3, generator=gen), dim=1)
+        lo, hi = math.radians(float(t.min_angle_deg)), math.radians(float(t.max_angle_deg))
+        angle = lo + (hi - lo) * torch.rand(n, 1, generator=gen)
+        q = roma.rotvec_to_unitquat(axis * angle)
+        offset = (2 * torch.rand(n, 3, generator=gen) - 1) * float(t.translation_range)
+        return torch.cat([q, offset], 1)
+
+    def sample(self, n: int, split: str, seed: int) -> Batch:
+        names = self.names(split)
+        gen = torch.Generator().manual_seed(int(seed) + SPLIT_OFFSETS[split])
+        pick = torch.randint(len(names), (n,), generator=gen)
+        x = self.random_poses(n, gen)
+        ctx = {"mesh": [names[int(i)] for i in pick]}
+        return Batch(self.forward(x, ctx), x, ctx)
+
+    def initial(self, batch: Batch) -> Tensor:
+        x = torch.zeros(len(batch), 7, device=batch.y.device)
+        x[:, 3] = 1.0
+        return x
+
+    def describe_data(self, split: str) -> str:
+        t = self.cfg.task
+        objs = self.names(split)
+        where = "user meshes" if split == "test" and self.user_meshes else "pybullet_data"
+        return (f"{len(objs)} {split} objects ({where}); rotation {t.min_angle_deg}-{t.max_angle_deg} deg about a "
+                f"random axis, offset +-{t.translation_range} per axis; {t.size}x{t.size} silhouettes")
+
+    # --- evaluation ------------------------------------------------------------------------------
+    def metrics(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any]) -> dict[str, Tensor]:
+        return {"rotation_deg": degrees(self.space.rotation_angle(x_pred, x_true)),
+                "translation": (x_pred[:, 4:] - x_true[:, 4:]).norm(dim=1)}
+
+    def is_outlier(self, metrics: dict[str, Tensor]) -> Tensor:
+        """The seed's rule: translation error > 0.2 or rotation error > 30 deg."""
+        return (metrics["translation"] > 0.2) | (metrics["rotation_deg"] > 30.0)
+
+    def loss(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any]) -> Tensor:
+        """MSE on the quaternion (sign-aligned, q and -q are one rotation) and on the translation."""
+        q, q_true = x_pred[:, :4], x_true[:, :4]
+        sign = torch.sign((q * q_true).sum(1, keepdim=True)).detach().clamp(min=0) * 2 - 1
+        rot = (q - sign * q_true).pow(2).sum(1)
+        trans = (x_pred[:, 4:] - x_true[:, 4:]).pow(2).sum(1)
+        return (rot + float(self.cfg.task.translation_weight) * trans).mean()
+
+    # --- learned parts -------------------------------------------------------------------------------
+    def make_update(self, inputs: list[str], model: DictConfig) -> nn.Module:
+        return PoseUpdate(inputs, self.camera.size, model)
+
+    def make_initializer(self, model: DictConfig) -> nn.Module:
+        return PoseInitializer(self.camera.size, model, self.space)
+
+    def optimisers(self) -> dict[str, Callable[..., Any]]:
+        """The seed's differentiable-renderer baseline (Mitsuba 3 is imported only when it runs)."""
+        return {"mitsuba": mitsuba.optimise}
+
+    # --- command line ----------------------------------------------------------------------------------
+    @classmethod
+    def add_cli_options(cls, parser: argparse.ArgumentParser, command: str) -> None:
+        if command == "solve":
+            parser.add_argument("--mesh", required=True, help="the object's mesh (OBJ/STL/PLY/GLB)")
+            parser.add_argument("--silhouette", required=True, help="binary mask PNG of the trained size")
+        if command == "bench":
+            parser.add_argument("--meshes", help="folder of meshes to evaluate on instead of the test objects")
+
+    def apply_cli_options(self, args: argparse.Namespace, command: str) -> None:
+        if command == "bench" and getattr(args, "meshes", None):
+            folder = Path(args.meshes)
+            if not folder.is_dir():
+                raise FileNotFoundError(f"--meshes {folder} is not a folder")
+            found = sorted(str(p.resolve()) for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
+            if not found:
+                raise ValueError(f"--meshes {folder}: no mesh files ({', '.join(SUFFIXES)})")
+            for name in found:
+                meshes.mesh(name)  # load now: a broken file fails here, with its name
+            self.user_meshes = found
+
+    def load_observation(self, args: argparse.Namespace) -> Batch:
+        name = str(Path(args.mesh).resolve())
+        meshes.mesh(name)
+        return Batch(read_silhouette(args.silhouette, self.camera.size), None, {"mesh": [name]})
+
+    def write_solution(self, x: Tensor, batch: Batch, args: argparse.Namespace) -> list[Path]:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        q, t = x[0, :4], x[0, 4:]
+        angle = float(degrees(roma.unitquat_geodesic_distance(q[None], self.initial(batch)[:1, :4]))[0])
+        info = {"quaternion_xyzw": q.tolist(), "translation": t.tolist(), "rotation_from_canonical_deg": angle,
+                "mesh": batch.ctx["mesh"][0], "camera": vars(self.camera) | {"looks_along": "-z, y up"}}
+        print(f"pose: quaternion (xyzw) {np.round(q.numpy(), 4).tolist()}, translation {np.round(t.numpy(), 4).tolist()}")
+        (out / "pose.json").write_text(json.dumps(info, indent=2) + "\n")
+        render = self.forward(x[:1], batch.ctx)[0, 0].numpy() > 0.5
+        seen = batch.y[0, 0].numpy() > 0.5
+        overlay = np.zeros(seen.shape + (3,), dtype=np.uint8)
+        overlay[..., 0] = seen * 255  # input: red; final render: green; both: yellow
+        overlay[..., 1] = render * 255
+        Image.fromarray(overlay).save(out / "overlay.png")
+        return [out / "pose.json", out / "overlay.png"]
+
+
+def read_silhouette(path: str | Path, size: int) -> Tensor:
+    """A single-channel binary mask of the trained size, as a (1, 1, S, S) 0/1 tensor."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"silhouette {path} does not exist")
+    try:
+        img = Image.open(path)
+        img.load()
+    except Exception as err:
+        raise ValueError(f"silhouette {path} is not an image ({err})") from err
+    if img.mode not in ("1", "L", "I;16", "I", "P") and not (img.mode in ("RGB", "RGBA") and _grey(img)):
+        raise ValueError(f"silhouette {path} has mode {img.mode}: give a single-channel binary mask")
+    if img.size != (size, size):
+        raise ValueError(f"silhouette {path} is {img.size[0]}x{img.size[1]}; the solver was trained on {size}x{size}")
+    arr = np.asarray(img.convert("L"), dtype=np.float32)
+    mask = arr > arr.max() / 2 if arr.max() > 0 else arr > 0
+    if not mask.any():
+        raise ValueError(f"silhouette {path} is empty (no foreground pixels)")
+    if mask.all():
+        raise ValueError(f"silhouette {path} is all foreground; the object must lie inside the image")
+    return torch.from_numpy(mask.astype(np.float32))[None, None]
+
+
+def _grey(img: Image.Image) -> bool:
+    """An RGB(A) image whose three channels are equal is accepted as a mask."""
+    arr = np.asarray(img.convert("RGB"))
+    return bool((arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all())

@@ -1,0 +1,191 @@
+"""Pose task: data split by object, silhouettes in view, retract keeps quaternions unit, bad input refused, and the
+shipped checkpoints solve a small fixed sample as the README says."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import roma
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from feedback_solver import registry
+from feedback_solver.bench import load_solver
+from feedback_solver.config import load_config
+from tasks.pose import meshes
+from tasks.pose.task import read_silhouette
+
+REPO = Path(__file__).resolve().parents[2]
+CKPT = REPO / "tasks" / "pose" / "checkpoints"
+
+
+@pytest.fixture(scope="module")
+def task():
+    cls = registry.task_class("pose")
+    return cls(load_config(cls, ["task.procedural=0"]))
+
+
+@pytest.fixture(scope="module")
+def test_batch(task):
+    return task.sample(40, "test", 0)
+
+
+def fbsolve(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "feedback_solver.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+# --- data ---------------------------------------------------------------------------------------------------
+def test_split_is_by_object_and_sampling_is_deterministic(task, test_batch):
+    assert not set(task.names("train")) & set(task.names("test"))
+    assert set(test_batch.ctx["mesh"]) <= set(task.test_meshes) and len(set(test_batch.ctx["mesh"])) >= 4
+    again = task.sample(40, "test", 0)
+    assert torch.equal(again.x, test_batch.x) and torch.equal(again.y, test_batch.y)
+    assert len(set(task.train_meshes)) >= 12 and len(task.test_meshes) >= 4
+
+
+def test_poses_follow_the_seed_distribution(task):
+    x = task.random_poses(4000, torch.Generator().manual_seed(0))
+    angle = torch.rad2deg(roma.unitquat_geodesic_distance(x[:, :4], task.initial(task.sample(1, "test", 0))[:1, :4]))
+    assert angle.max() <= 40.0 + 1e-3 and angle.min() >= 0 and angle.mean() == pytest.approx(20, abs=1)
+    assert x[:, 4:].abs().max() <= 0.2 and x[:, 4:].abs().mean() == pytest.approx(0.1, abs=0.01)
+
+
+def test_every_test_object_is_in_view_at_the_extremes(task):
+    names = task.test_meshes
+    x = task.initial(task.sample(1, "test", 0)).repeat(len(names), 1)
+    x[:, 4:] = torch.tensor([0.2, -0.2, 0.2])
+    masks = task.forward(x, {"mesh": names})
+    assert (masks.flatten(1).sum(1) > 100).all()
+    border = torch.cat([masks[..., 0, :], masks[..., -1, :], masks[..., :, 0], masks[..., :, -1]], -1)
+    assert border.sum() == 0, "objects must stay inside the 128 x 128 frame"
+
+
+def test_mesh_split_overlap_is_refused():
+    with pytest.raises(ValueError, match="both the train and the test split"):
+        meshes.check_disjoint(["duck.obj", "bunny.obj"], ["duck.obj"])
+
+
+# --- space, metrics, loss ------------------------------------------------------------------------------------
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.floats(0.01, 5.0))
+def test_retract_keeps_quaternions_unit_and_translations_bounded(task, seed, scale):
+    gen = torch.Generator().manual_seed(seed)
+    x = task.space.project(torch.randn(16, 7, generator=gen))
+    y = task.space.retract(x, scale * torch.randn(16, 6, generator=gen))
+    assert torch.allclose(y[:, :4].norm(dim=1), torch.ones(16), atol=1e-5)
+    assert y[:, 4:].abs().max() <= 0.6 + 1e-6
+
+
+def test_metrics_outliers_and_sign_invariant_loss(task, test_batch):
+    x = test_batch.x
+    m = task.metrics(x, x, {})
+    assert m["rotation_deg"].max() < 0.05 and m["translation"].max() == 0
+    flipped = torch.cat([-x[:, :4], x[:, 4:]], 1)
+    assert task.loss(flipped, x, {}) < 1e-10 and task.metrics(flipped, x, {})["rotation_deg"].max() < 0.05
+    flags = task.is_outlier({"rotation_deg": torch.tensor([29.0, 31.0, 1.0]), "translation": torch.tensor([0.1, 0.1, 0.21])})
+    assert flags.tolist() == [False, True, True]
+
+
+# --- bad input -----------------------------------------------------------------------------------------------
+def save(tmp_path: Path, name: str, arr: np.ndarray, mode: str | None = None) -> Path:
+    path = tmp_path / name
+    Image.fromarray(arr, mode).save(path)
+    return path
+
+
+def test_a_valid_mask_is_read(tmp_path):
+    arr = np.zeros((128, 128), np.uint8)
+    arr[40:80, 50:90] = 255
+    mask = read_silhouette(save(tmp_path, "ok.png", arr), 128)
+    assert mask.shape == (1, 1, 128, 128) and float(mask.sum()) == 40 * 40
+
+
+@pytest.mark.parametrize("case,message", [
+    ("size", "is 64x64; the solver was trained on 128x128"),
+    ("empty", "is empty"),
+    ("full", "all foreground"),
+    ("colour", "give a single-channel binary mask"),
+    ("text", "is not an image"),
+    ("missing", "does not exist"),
+])
+def test_bad_silhouettes_are_refused_by_name(tmp_path, case, message):
+    if case == "size":
+        path = save(tmp_path, "s.png", np.full((64, 64), 255, np.uint8) * (np.arange(64) < 30))
+    elif case == "empty":
+        path = save(tmp_path, "e.png", np.zeros((128, 128), np.uint8))
+    elif case == "full":
+        path = save(tmp_path, "f.png", np.full((128, 128), 255, np.uint8))
+    elif case == "colour":
+        arr = np.zeros((128, 128, 3), np.uint8)
+        arr[..., 0] = 200
+        path = save(tmp_path, "c.png", arr)
+    elif case == "text":
+        path = tmp_path / "t.png"
+        path.write_text("not a png")
+    else:
+        path = tmp_path / "none.png"
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        read_silhouette(path, 128)
+
+
+def test_cli_names_a_mesh_that_does_not_load(tmp_path):
+    arr = np.zeros((128, 128), np.uint8)
+    arr[40:80, 50:90] = 255
+    bad = tmp_path / "bad.obj"
+    bad.write_text("v 0 0 0\nv 1 0 0\n")
+    proc = fbsolve("solve", "pose", "--mesh", str(bad), "--silhouette", str(save(tmp_path, "m.png", arr)),
+                   cwd=tmp_path)
+    assert proc.returncode == 2 and "has no faces" in proc.stderr.strip().splitlines()[-1]
+
+
+# --- shipped checkpoints ---------------------------------------------------------------------------------------
+needs_ckpt = pytest.mark.skipif(not (CKPT / "feedback.safetensors").exists(), reason="no shipped pose checkpoint")
+
+
+@needs_ckpt
+def test_shipped_solver_beats_regression_and_damping_never_raises_the_energy(task, test_batch):
+    fb = load_solver(task).solve(test_batch.y, test_batch.ctx)
+    reg = load_solver(task, "regression").init(test_batch.y, test_batch.ctx)
+    m_fb = task.metrics(fb.x, test_batch.x, {})
+    m_reg = task.metrics(reg, test_batch.x, {})
+    for k in ("rotation_deg", "translation"):
+        assert m_fb[k].median() < m_reg[k].median() and m_fb[k].mean() < m_reg[k].mean(), k
+    energies = fb.trace.energies()
+    assert (energies.diff(dim=1) <= 0).all()
+
+
+@needs_ckpt
+def test_cli_solve_writes_the_pose_and_an_overlay(task, test_batch, tmp_path):
+    i = test_batch.ctx["mesh"].index("duck.obj")
+    mask = (test_batch.y[i, 0].numpy() * 255).astype(np.uint8)
+    path = save(tmp_path, "duck.png", mask)
+    duck = meshes.resolve("duck.obj")
+    proc = fbsolve("solve", "pose", "--mesh", str(duck), "--silhouette", str(path), "--out", str(tmp_path / "o"),
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads((tmp_path / "o" / "pose.json").read_text())
+    got = torch.tensor([info["quaternion_xyzw"] + info["translation"]])
+    err = task.metrics(got, test_batch.x[i : i + 1], {})
+    assert float(err["translation"][0]) < 0.1 and "pose: quaternion" in proc.stdout
+    overlay = np.asarray(Image.open(tmp_path / "o" / "overlay.png"))
+    assert overlay.shape == (128, 128, 3) and overlay[..., 0].any() and overlay[..., 1].any()
+
+
+@needs_ckpt
+def test_cli_bench_on_a_users_mesh_folder(tmp_path):
+    folder = tmp_path / "meshes"
+    folder.mkdir()
+    shutil.copy(meshes.resolve("duck.obj"), folder / "duck.obj")
+    proc = fbsolve("bench", "pose", "--meshes", str(folder), "--samples", "12", "--methods", "feedback",
+                   "--out", str(tmp_path / "b"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "b" / "pose.json").read_text())
+    assert "1 test objects (user meshes)" in report["data"] and report["methods"]["feedback"]["samples"] == 12
