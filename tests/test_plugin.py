@@ -117,6 +117,10 @@ def test_fbsolve_bench_writes_the_report_schema(cli_run):
     fb = res["methods"]["feedback"]
     assert fb["steps"] == 3.0 and 0 < fb["forward_seconds_per_sample"] <= fb["seconds_per_sample"]
     assert fb["energy_monotone"] == 1.0
+    per = fb["per_step"]  # the runtime breakdown: one entry per step and the final scoring call
+    assert len(per["forward_seconds_per_sample"]) == len(per["update_seconds_per_sample"]) == 4
+    assert all(v >= 0 for v in per["forward_seconds_per_sample"] + per["update_seconds_per_sample"])
+    assert 0 < per["forward_fraction"] < 1 and "## Time per step (feedback)" in md
     assert res["methods"]["regression"]["steps"] == 0.0
     assert res["subset"]["methods"]["adam"]["forward_seconds_per_sample"] is None
 
@@ -151,3 +155,25 @@ def test_fbsolve_refuses_an_unregistered_task_listing_the_known_ones(tmp_path):
     proc = fbsolve("train", "nosuchtask", cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert "nosuchtask" in proc.stderr and "toy" in proc.stderr and "ik" in proc.stderr
+
+
+def test_a_task_adds_its_own_optimiser_and_hybrid_runs_it(cli_run, toy_cls, toy_cfg, monkeypatch, tmp_path):
+    """Task.optimisers(): a plugin's own baseline (a differentiable renderer, say) joins the report by name."""
+    from feedback_solver.baselines import OPTIMISERS
+    from feedback_solver.bench import run_bench
+
+    calls: list[str] = []
+
+    def slow_adam(task, y, ctx, x0, cfg):
+        calls.append("own")
+        return OPTIMISERS["adam"](task, y, ctx, x0, cfg)
+
+    monkeypatch.setattr(toy_cls, "optimisers", lambda self: {"own": slow_adam})
+    cfg = toy_cfg("baselines.hybrid=own", "bench.slow_samples=30")
+    res = run_bench(toy_cls(cfg), cfg, tmp_path, ["feedback", "own", "hybrid"], samples=40, progress=False,
+                    checkpoints=cli_run["ckpt"])
+    sub = res["subset"]["methods"]
+    assert set(sub) == {"feedback", "own", "hybrid"} and len(calls) >= 2
+    assert sub["hybrid"]["steps"] > 0 and sub["own"]["seconds_per_sample"] > 0
+    with pytest.raises(ValueError, match="unknown methods \\['mitsuba'\\]"):
+        run_bench(toy_cls(cfg), cfg, tmp_path, ["mitsuba"], samples=4, progress=False)
