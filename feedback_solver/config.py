@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_every": 200,
         "log_every": 100,
         "val_samples": 256,
+        "warm_start": False,  # stage-wise progressive: stage t starts from stage t-1's trained weights
         "pool": 0,  # > 0: progressive phases train on this many fixed samples with cached states (costly forwards)
         "stop_after": 0,  # > 0: save the state and stop after this many iterations (time-limited jobs); --resume
     },

@@ -275,6 +275,8 @@ def finish(run: Run, solver: FeedbackSolver, out: Path) -> None:
 def run_phase(run: Run, solver: FeedbackSolver, p_idx: int, first: int, state: dict | None) -> None:
     """Optimise one phase from iteration `first`, checkpointing atomically every train.checkpoint_every."""
     phase, tcfg, dist = run.plan[p_idx], run.cfg.train, run.dist
+    if first == 0 and tcfg.warm_start:
+        warm_start(solver, phase)
     params = phase_parameters(solver, phase)
     opt, sched = make_optimiser(params, run.cfg, phase.iterations)
     if state is not None and first > 0:
@@ -316,6 +318,12 @@ def run_phase(run: Run, solver: FeedbackSolver, p_idx: int, first: int, state: d
             bar.close()
             raise Paused
     bar.close()
+
+
+def warm_start(solver: FeedbackSolver, phase: Phase) -> None:
+    """Stage t begins as a copy of the trained stage t-1: a coarse aligner is a better start for a finer one."""
+    if phase.stage and solver.stages is not None and solver.stages.mode == "stagewise":
+        solver.stages.net(phase.stage).load_state_dict(solver.stages.net(phase.stage - 1).state_dict())
 
 
 def uses_pool(run: Run, phase: Phase) -> bool:

@@ -84,6 +84,20 @@ def test_progressive_stage_phase_moves_only_its_own_net(toy_task, fast_cfg):
     assert all(g is not None and g.abs().sum() > 0 for g in grads[1])
 
 
+def test_warm_start_copies_the_previous_stage_and_trains_from_there(toy_task, fast_cfg, tmp_path):
+    solver = build_solver(toy_task, fast_cfg())
+    before = [p.detach().clone() for p in solver.stages.net(0).parameters()]
+    train_mod.warm_start(solver, Phase("stage0", 10, 0))  # stage 0 has no predecessor: untouched
+    assert all(torch.equal(a, b) for a, b in zip(before, solver.stages.net(0).parameters()))
+    train_mod.warm_start(solver, Phase("stage2", 10, 2))
+    assert all(torch.equal(a, b) for a, b in zip(solver.stages.net(1).parameters(), solver.stages.net(2).parameters()))
+    out = train(toy_task, fast_cfg("train.warm_start=true", "train.iterations=1"), tmp_path / "w.safetensors",
+                progress=False)
+    w = weights(out)  # one Adam step per stage: stage t stays within a step of stage t-1
+    for name in [k for k in w if k.startswith("stages.nets.1.")]:
+        assert (w[name] - w[name.replace("nets.1.", "nets.0.")]).abs().max() < 5e-3, name
+
+
 @pytest.mark.parametrize("learned_init", [False, True])
 def test_joint_deep_and_final_supervision_losses(toy_task, fast_cfg, learned_init):
     init = "learned" if learned_init else "constant"

@@ -6,8 +6,11 @@ GL or CUDA context is unusable). The stdlib executor suits this; each worker kee
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import multiprocessing
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Hashable, Sequence
 
@@ -30,11 +33,19 @@ def _render_chunk(camera: Camera, loader: Loader, keys: list[Hashable], poses: n
     return gl.render(keys, torch.from_numpy(poses)).numpy() > 0.5
 
 
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGTERM when its parent dies, so a killed training run leaves no renderers behind."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError, TypeError):
+        pass
+
+
 @functools.cache
 def executor(workers: int) -> ProcessPoolExecutor:
     """The process's worker pool (spawned once, then reused by every call)."""
     import_pyrender()  # sets PYOPENGL_PLATFORM, which the workers inherit
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent)
 
 
 def render_parallel(camera: Camera, workers: int, loader: Loader, keys: Sequence[Hashable], poses: Tensor) -> Tensor:
