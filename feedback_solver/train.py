@@ -31,9 +31,10 @@ class Phase:
 def phases(cfg: DictConfig) -> list[Phase]:
     """The schedule: [init] + stage0..stageT-1 (+ finetune) when progressive, one joint phase otherwise."""
     s, t = cfg.solver, cfg.train
-    if t.schedule == "joint" or s.steps == 0:
-        its = t.init_iterations if s.steps == 0 else t.iterations
-        return [Phase("joint", its)]
+    if s.steps == 0:  # regression: the initializer alone (served by train.pool when there is one)
+        return [Phase("init", t.init_iterations)]
+    if t.schedule == "joint":
+        return [Phase("joint", t.iterations)]
     out = [Phase("init", t.init_iterations)] if s.init == "learned" else []
     out += [Phase(f"stage{k}", t.iterations, k) for k in range(s.steps)]
     if t.finetune_iterations > 0:

@@ -53,7 +53,7 @@ def test_short_training_beats_the_untrained_solver(toy_task, toy_cfg, tmp_path):
     (("solver.init=learned", "train.finetune_iterations=5"), ["init", "stage0", "stage1", "stage2", "finetune"]),
     (("train.schedule=joint", "train.supervision=deep"), ["joint"]),
     (("train.schedule=joint", "train.supervision=final", "solver.mode=shared"), ["joint"]),
-    (("solver.steps=0", "solver.init=learned"), ["joint"]),
+    (("solver.steps=0", "solver.init=learned"), ["init"]),
 ], ids=["progressive", "progressive-init-finetune", "joint-deep", "joint-final-shared", "regression"])
 def test_every_schedule_runs(toy_task, fast_cfg, tmp_path, overrides, expected):
     cfg = fast_cfg(*overrides)
