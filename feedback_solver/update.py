@@ -42,11 +42,11 @@ class ConvGRUCell(nn.Module):
 
 
 def conv_encoder(in_ch: int, channels: tuple[int, ...] = (16, 32, 64), kernel: int = 5) -> nn.Sequential:
-    """LeNet-like encoder (conv, ReLU, max-pool per level) for image feedback."""
-    mods: list[nn.Module] = []
-    for ch in channels:
-        mods += [nn.Conv2d(in_ch, ch, kernel, padding=kernel // 2), nn.ReLU(), nn.MaxPool2d(2)]
-        in_ch = ch
+    """LeNet-like encoder for image feedback, sized for the CPU: a strided kernel x kernel conv, then a 3x3 conv,
+    ReLU and 2x max-pool per further level (so the output side is the input's / 2 ** len(channels))."""
+    mods: list[nn.Module] = [nn.Conv2d(in_ch, channels[0], kernel, stride=2, padding=kernel // 2), nn.ReLU()]
+    for a, b in zip(channels[:-1], channels[1:]):
+        mods += [nn.Conv2d(a, b, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
     return nn.Sequential(*mods)
 
 

@@ -25,7 +25,7 @@ Loader = Callable[[Hashable], trimesh.Trimesh]
 
 
 def _render_chunk(camera: Camera, loader: Loader, keys: list[Hashable], poses: np.ndarray) -> np.ndarray:
-    """In a worker: the masks of one chunk, as booleans (an eighth of the bytes back through the pipe)."""
+    """In a worker: the masks of one chunk, as booleans (a quarter of the bytes of float32 back through the pipe)."""
     gl = renderer(camera)
     for key in set(keys):
         if key not in gl.nodes:

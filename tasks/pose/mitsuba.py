@@ -22,7 +22,9 @@ from torch import Tensor
 
 from feedback_solver.baselines import SNAPSHOTS, OptimResult, Stopper, fill
 from feedback_solver.render import Camera
+from feedback_solver.spaces import QuaternionTranslation
 
+WORLD = QuaternionTranslation(frame="world")  # the vertices turn by exp(rv) after x0's rotation
 LLVM = "/usr/lib/x86_64-linux-gnu/libLLVM.so.19.1"
 INSTALL = ("the mitsuba baseline needs `pip install -e .[baselines]` (mitsuba, drjit) and Debian's libllvm19 "
            f"(DRJIT_LIBLLVM_PATH={LLVM}; Mesa's LLVM 15 crashes Dr.Jit)")
@@ -82,7 +84,7 @@ def scenes(camera: Camera, spp: int) -> SceneCache:
     return SceneCache(camera, spp)
 
 
-def rotate(dr: Any, mi: Any, rv: Any, v: Any) -> Any:
+def rotate(dr: Any, rv: Any, v: Any) -> Any:
     """Rodrigues' formula in Dr.Jit (differentiable; the epsilon keeps the zero rotation's gradient finite)."""
     theta = dr.sqrt(dr.squared_norm(rv) + 1e-12)
     k = rv / theta
@@ -97,7 +99,7 @@ def solve_one(task: Any, y: Tensor, name: str, x0: Tensor, cfg: DictConfig) -> O
     scene, params, verts = scenes(task.camera, int(m.spp)).get(name)
     rot0 = roma.unitquat_to_rotmat(x0[:, :4].double())[0].numpy()
     base = mi.Point3f(*(verts @ rot0.T).T.astype(np.float32))
-    shift = np.array([0.0, 0.0, -task.camera.distance])
+    shift = mi.Vector3f(0.0, 0.0, -float(task.camera.distance))
     target = mi.TensorXf(y[0, 0].cpu().numpy()[..., None].astype(np.float32))
     opt = mi.ad.Adam(lr=float(m.lr))
     opt["rv"], opt["t"] = mi.Vector3f(0.0, 0.0, 0.0), mi.Vector3f(*(float(v) for v in x0[0, 4:]))
@@ -105,7 +107,7 @@ def solve_one(task: Any, y: Tensor, name: str, x0: Tensor, cfg: DictConfig) -> O
     stop, snaps = Stopper(x0.cpu(), int(b.patience), float(b.rel_tol)), {}
     start = time.perf_counter()
     for it in range(int(b.max_iterations) + 1):
-        v = rotate(dr, mi, opt["rv"], base) + opt["t"] + mi.Vector3f(*(float(v) for v in shift))
+        v = rotate(dr, opt["rv"], base) + opt["t"] + shift
         params["obj.vertex_positions"] = dr.ravel(v)
         params.update()
         img = mi.render(scene, params, seed=it)
@@ -123,9 +125,9 @@ def solve_one(task: Any, y: Tensor, name: str, x0: Tensor, cfg: DictConfig) -> O
 
 
 def pose(rv: np.ndarray, t: np.ndarray, x0: Tensor) -> Tensor:
-    """The optimiser's state as a (1, 7) pose: exp(rv) applied to x0's rotation about the camera's axes."""
-    q = roma.quat_product(roma.rotvec_to_unitquat(torch.tensor(rv[None], dtype=x0.dtype)), x0[:, :4].cpu())
-    return torch.cat([q, torch.tensor(t[None], dtype=x0.dtype)], 1)
+    """The optimiser's state as a (1, 7) pose: exp(rv) applied to x0's rotation about the camera's axes, then t."""
+    dx = torch.cat([torch.tensor(rv[None], dtype=x0.dtype), torch.tensor(t[None], dtype=x0.dtype) - x0[:, 4:].cpu()], 1)
+    return WORLD.retract(x0.cpu(), dx)
 
 
 def optimise(task: Any, y: Tensor, ctx: dict[str, Any], x0: Tensor, cfg: DictConfig) -> OptimResult:

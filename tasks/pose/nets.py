@@ -7,17 +7,9 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from feedback_solver.update import MLP
+from feedback_solver.update import MLP, conv_encoder
 
 IMAGE_INPUTS = ("y", "y_t", "residual")
-
-
-def encoder(in_ch: int, levels: tuple[int, ...], kernel: int) -> nn.Sequential:
-    """LeNet-like, sized for the CPU: a strided first conv (kernel x kernel), then 3x3 conv + ReLU + max-pool levels."""
-    mods: list[nn.Module] = [nn.Conv2d(in_ch, levels[0], kernel, stride=2, padding=kernel // 2), nn.ReLU()]
-    for a, b in zip(levels[:-1], levels[1:]):
-        mods += [nn.Conv2d(a, b, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
-    return nn.Sequential(*mods)
 
 
 def pixel_coordinates(images: Tensor) -> Tensor:
@@ -36,7 +28,7 @@ class PoseCNN(nn.Module):
         levels = tuple(int(c) for c in model.channels)
         self.coords = bool(model.coords)
         self.shrink = int(model.downsample)
-        self.encoder = encoder(channels + 2 * self.coords, levels, int(model.kernel))
+        self.encoder = conv_encoder(channels + 2 * self.coords, levels, int(model.kernel))
         side = size // self.shrink // 2 ** len(levels)
         self.with_pose = with_pose
         self.head = MLP(levels[-1] * side * side + (7 if with_pose else 0), int(model.hidden), 6, int(model.layers))

@@ -68,6 +68,14 @@ def test_every_test_object_is_in_view_at_the_extremes(task):
     assert border.sum() == 0, "objects must stay inside the 128 x 128 frame"
 
 
+def test_render_workers_give_the_in_process_silhouettes_in_order(task, test_batch):
+    cls = registry.task_class("pose")
+    single = cls(load_config(cls, ["task.procedural=0", "task.render_workers=0"]))
+    parallel = cls(load_config(cls, ["task.procedural=0", "task.render_workers=2"]))
+    x, ctx = test_batch.x[:16], {"mesh": test_batch.ctx["mesh"][:16]}
+    assert torch.equal(parallel.forward(x, ctx), single.forward(x, ctx))
+
+
 def test_mesh_split_overlap_is_refused():
     with pytest.raises(ValueError, match="both the train and the test split"):
         meshes.check_disjoint(["duck.obj", "bunny.obj"], ["duck.obj"])
