@@ -50,6 +50,7 @@ def load_solver(task: Task, variant: str = "feedback", path: str | os.PathLike |
     """Rebuild a shipped (or given) checkpoint's solver from the config stored inside it (on the CPU)."""
     path = Path(path) if path else (folder or task.checkpoint_dir) / f"{variant}.safetensors"
     tensors, cfg, _ = read_model(path, task.name)
+    task.check_checkpoint(cfg, path)
     if no_damping:
         cfg.solver.damping.enabled = False
     solver = build_solver(task, cfg)
@@ -181,7 +182,7 @@ def run_bench(task: Task, cfg: DictConfig, out: str | os.PathLike, methods: list
     batch = task.sample(samples, "test", seed)  # every rank draws the same set, then works on its own chunks
     subset = batch.index(slice(0, min(cfg.bench.slow_samples, len(batch))))
     metric = primary_metric(task, cfg, batch)
-    result: dict[str, Any] = {"task": task.name, "data": f"{task.describe_data('test')}; {len(batch)} samples",
+    result: dict[str, Any] = {"task": task.name, "report": task.report_name, "data": f"{task.describe_data('test')}; {len(batch)} samples",
                               "seed": seed, "command": command, "ranks": dist.world_size,
                               "primary_metric": metric, "methods": {}}
     sub: dict[str, Any] = {"samples": len(subset), "note": f"the first {len(subset)} test samples: slow baselines "

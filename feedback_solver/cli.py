@@ -102,8 +102,8 @@ def cmd_solve(args: argparse.Namespace, argv: list[str]) -> int:
     task, cfg = make_task(args.task, args.overrides)
     task.apply_cli_options(args, "solve")
     device = distributed.resolve_device(cfg.device)
+    batch = task.load_observation(args)  # bad input fails first, before any checkpoint is read
     solver = load_solver(task, path=args.checkpoint).to(device)
-    batch = task.load_observation(args)
     res = solver.solve(batch.y.to(device), batch.to(device).ctx, args.steps)
     energy = res.trace.energies()
     print(f"solved {len(batch)} observation(s) in {res.steps} steps, {res.seconds:.3f} s "
@@ -122,10 +122,11 @@ def cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
     methods = args.methods.split(",") if args.methods else None
     ckpt = Path(args.checkpoints) if getattr(args, "checkpoints", None) else None
     dist = distributed.setup(cfg.device)
-    res = run_bench(task, cfg, args.out, methods, args.samples, args.seed, "fbsolve " + shlex.join(argv), ckpt,
-                    dist=dist)
-    if dist.is_main:
-        print((Path(args.out) / f"{res['task']}.md").read_text())
+    for setting in task.settings():
+        res = run_bench(setting, setting.cfg, args.out, methods, args.samples, args.seed,
+                        "fbsolve " + shlex.join(argv), ckpt, dist=dist)
+        if dist.is_main:
+            print((Path(args.out) / f"{res['report']}.md").read_text())
     return 0
 
 

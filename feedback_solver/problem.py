@@ -111,6 +111,14 @@ class Task:
         """Supervised loss at one unrolled stage; the space's distance unless the task says otherwise."""
         return self.space.distance(x_pred, x_true).mean()
 
+    def auxiliary_loss(self, aux: dict[str, Tensor], batch: Batch) -> Tensor:
+        """Loss of a net's auxiliary outputs (e.g. a depth head), trained beside the update and unused at inference.
+
+        A net exposes them by setting `self.aux = {name: tensor}` in forward while training; none by default.
+        """
+        raise NotImplementedError(f"task {self.name!r}: a net reported auxiliary outputs {sorted(aux)} "
+                                  "but the task defines no auxiliary_loss")
+
     # --- learned parts -------------------------------------------------------------------------
     def make_update(self, inputs: list[str], model: DictConfig) -> nn.Module:
         """One update net from the config's `model` section: forward(fb: dict[str, Tensor], h) -> (dx tangent, h)."""
@@ -126,6 +134,19 @@ class Task:
         Each is called as f(task, y, ctx, x0, cfg) and returns a `baselines.OptimResult`, as Adam does.
         """
         return {}
+
+    # --- settings, checkpoints and reports -----------------------------------------------------------
+    def settings(self) -> list["Task"]:
+        """The independent settings `bench` reports one by one (e.g. a point and a directional light); just this."""
+        return [self]
+
+    @property
+    def report_name(self) -> str:
+        """File stem of this setting's benchmark report."""
+        return self.name
+
+    def check_checkpoint(self, cfg: DictConfig, path: Path) -> None:
+        """Refuse a checkpoint trained for another setting of this task (its config is `cfg`)."""
 
     # --- command line --------------------------------------------------------------------------
     @property

@@ -332,11 +332,11 @@ def _file_stem(task: Any) -> str:
 
 
 def write_report(result: dict, out_dir: str | os.PathLike) -> dict[str, pathlib.Path]:
-    """Writes out_dir/<task>.json, <task>.md, <task>_steps.png; returns {"json":..., "md":..., "png":...}.
+    """Writes out_dir/<report>.json, .md, _steps.png (report: the task's setting, its name by default).
 
     Schema (``result``)::
 
-        {"task": str, "data": str, "seed": int, "command": str (optional), "ranks": int (optional),
+        {"task": str, "report": str (optional), "data": str, "seed": int, "command": str (optional), "ranks": int (optional),
          "primary_metric": str,
          "methods": {NAME: {"metrics": {METRIC: {"mean", "median", "std"}},
                             "outlier_rate": fraction | None, "steps": float,
@@ -350,7 +350,7 @@ def write_report(result: dict, out_dir: str | os.PathLike) -> dict[str, pathlib.
     clean = to_builtin(result)
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = _file_stem(clean.get("task", "task"))
+    stem = _file_stem(clean.get("report") or clean.get("task", "task"))
     paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md",
              "png": out / f"{stem}_steps.png"}
     _write_json(clean, paths["json"])

@@ -123,5 +123,44 @@ class QuaternionTranslation(Space):
         return self.rotation_angle(a, b) + self.trans_weight * (a[:, 4:] - b[:, 4:]).norm(dim=1)
 
 
+class Shell(Space):
+    """Points in 3D with r_min <= |x| <= r_max and z >= min_z |x| (the camera-side half-space when min_z = 0):
+    light positions, or unit directions when r_min = r_max = 1. Updates are ambient steps, projected back."""
+
+    dim = tangent_dim = 3
+
+    def __init__(self, r_min: float = 1.0, r_max: float = 1.0, min_z: float = 0.0):
+        if not 0 < r_min <= r_max or not -1 <= min_z < 1:
+            raise ValueError(f"Shell needs 0 < r_min <= r_max and -1 <= min_z < 1, got {r_min}, {r_max}, {min_z}")
+        self.r_min, self.r_max, self.min_z = float(r_min), float(r_max), float(min_z)
+
+    def project(self, x: Tensor) -> Tensor:
+        """The nearest direction with an allowed elevation, at the nearest allowed radius (NaN-free gradients)."""
+        r = x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        u = x / r
+        low = u[:, 2:] < self.min_z
+        flat = u[:, :2].norm(dim=1, keepdim=True).clamp_min(1e-12)
+        east = torch.zeros_like(u[:, :2])
+        east[:, 0] = 1.0
+        xy = torch.where(flat > 1e-9, u[:, :2] / flat, east)
+        lifted = torch.cat([xy * math.sqrt(1 - self.min_z**2), torch.full_like(u[:, 2:], self.min_z)], 1)
+        return torch.where(low, lifted, u) * r.clamp(self.r_min, self.r_max)
+
+    def retract(self, x: Tensor, dx: Tensor) -> Tensor:
+        return self.project(x + dx)
+
+    def distance(self, a: Tensor, b: Tensor) -> Tensor:
+        return (a - b).norm(dim=1)
+
+    def contains(self, x: Tensor, tol: float = 1e-4) -> Tensor:
+        """Per-sample: whether x lies in the allowed domain (within tol)."""
+        r = x.norm(dim=1)
+        return (r >= self.r_min - tol) & (r <= self.r_max + tol) & (x[:, 2] >= self.min_z * r - tol)
+
+    def describe(self) -> str:
+        radius = f"|x| = {self.r_min:g}" if self.r_min == self.r_max else f"{self.r_min:g} <= |x| <= {self.r_max:g}"
+        return f"{radius} and z >= {self.min_z:g} |x|"
+
+
 def degrees(radians: Tensor) -> Tensor:
     return radians * (180.0 / math.pi)

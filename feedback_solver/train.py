@@ -59,20 +59,28 @@ def phase_loss(solver: FeedbackSolver, phase: Phase, batch: Batch, supervision: 
     """
     task = solver.task
     if phase.name == "init":
-        return task.loss(solver.init(batch.y, batch.ctx), batch.x, batch.ctx)
+        x0 = solver.init(batch.y, batch.ctx)
+        return task.loss(x0, batch.x, batch.ctx) + auxiliary(task, solver.initializer, batch)
     if phase.stage is not None:
         x_t, y_t = states if states is not None else (None, None)
         if x_t is None:
             x_t = solver.solve(batch.y, batch.ctx, steps=phase.stage).x if phase.stage else None
             x_t = solver.init(batch.y, batch.ctx).detach() if x_t is None else x_t
         dx, _, _ = solver.propose(phase.stage, x_t, batch.y, batch.ctx, None, y_t)
-        return task.loss(task.space.retract(x_t, dx), batch.x, batch.ctx)
+        loss = task.loss(task.space.retract(x_t, dx), batch.x, batch.ctx)
+        return loss + auxiliary(task, solver.stages.net(phase.stage), batch)
     states = solver.unroll(batch, solver.steps)
     if supervision == "final":
         return task.loss(states[-1], batch.x, batch.ctx)
     first = 0 if solver.initializer is not None else 1
     losses = [task.loss(x, batch.x, batch.ctx) for x in states[first:]]
     return torch.stack(losses).mean()
+
+
+def auxiliary(task: Task, net: nn.Module | None, batch: Batch) -> Tensor | float:
+    """The task's loss on what the net just reported in `net.aux` (progressive phases; 0 when it reports none)."""
+    aux = getattr(net, "aux", None)
+    return task.auxiliary_loss(aux, batch) if aux else 0.0
 
 
 class PhaseLoss(nn.Module):

@@ -50,6 +50,14 @@ def conv_encoder(in_ch: int, channels: tuple[int, ...] = (16, 32, 64), kernel: i
     return nn.Sequential(*mods)
 
 
+def pixel_coordinates(images: Tensor) -> Tensor:
+    """Two channels of x and y in [-1, 1] (CoordConv): where a shape lies is what the translation update needs."""
+    b, _, h, w = images.shape
+    ys = torch.linspace(-1, 1, h, device=images.device, dtype=images.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
+    xs = torch.linspace(-1, 1, w, device=images.device, dtype=images.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
+    return torch.cat([xs, ys], 1)
+
+
 class Stages(nn.Module):
     """The update nets of the T steps: one shared net, or one per step (steps past T reuse the last)."""
 

@@ -116,6 +116,18 @@ def test_joint_deep_and_final_supervision_losses(toy_task, fast_cfg, learned_ini
     assert not torch.allclose(deep, final)
 
 
+def test_a_nets_auxiliary_outputs_add_the_tasks_auxiliary_loss(toy_task, fast_cfg, monkeypatch):
+    solver = build_solver(toy_task, fast_cfg())
+    batch = toy_task.sample(16, "train", 0)
+    stage = Phase("stage0", 10, 0)
+    plain = phase_loss(solver, stage, batch, "deep")
+    solver.stages.net(0).aux = {"depth": torch.ones(16, 1, 4, 4)}  # what a net with an auxiliary head reports
+    with pytest.raises(NotImplementedError, match="defines no auxiliary_loss"):
+        phase_loss(solver, stage, batch, "deep")
+    monkeypatch.setattr(toy_task, "auxiliary_loss", lambda aux, b: aux["depth"].sum() * 0 + 5.0, raising=False)
+    assert torch.allclose(phase_loss(solver, stage, batch, "deep"), plain + 5.0)
+
+
 # --- reproducibility and resume ------------------------------------------------------------------------------
 def test_fixed_seed_reproduces_identical_weights(toy_task, fast_cfg, tmp_path):
     a = weights(train(toy_task, fast_cfg(), tmp_path / "a.safetensors", progress=False))

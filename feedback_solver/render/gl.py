@@ -55,21 +55,30 @@ class Camera:
     zfar: float = 20.0
 
 
+def offscreen(camera: Camera) -> Any:
+    """A headless GL context of the camera's size, or one error naming the packages to install."""
+    pyrender = import_pyrender()
+    try:
+        return pyrender.OffscreenRenderer(camera.size, camera.size)
+    except Exception as err:
+        raise OpenGLUnavailable(f"cannot create a headless OpenGL context "
+                                f"(PYOPENGL_PLATFORM={os.environ.get('PYOPENGL_PLATFORM')}: {err}); {FIX}") from err
+
+
+def intrinsics(camera: Camera) -> Any:
+    half = camera.size / 2
+    return import_pyrender().IntrinsicsCamera(camera.focal, camera.focal, half, half, camera.znear, camera.zfar)
+
+
 class SilhouetteRenderer:
     """Binary masks (B x 1 x H x W, 0/1) of registered meshes under batched poses (unit quaternion XYZW, t)."""
 
     def __init__(self, camera: Camera = Camera()):
         self.pyrender = import_pyrender()
         self.camera = camera
-        try:
-            self.gl = self.pyrender.OffscreenRenderer(camera.size, camera.size)
-        except Exception as err:
-            raise OpenGLUnavailable(f"cannot create a headless OpenGL context "
-                                    f"(PYOPENGL_PLATFORM={os.environ.get('PYOPENGL_PLATFORM')}: {err}); {FIX}") from err
-        half = camera.size / 2
-        intr = self.pyrender.IntrinsicsCamera(camera.focal, camera.focal, half, half, camera.znear, camera.zfar)
+        self.gl = offscreen(camera)
         self.scene = self.pyrender.Scene(bg_color=(0, 0, 0, 0))
-        self.scene.add(intr, pose=np.eye(4))
+        self.scene.add(intrinsics(camera), pose=np.eye(4))
         self.nodes: dict[Hashable, Any] = {}
 
     def add_mesh(self, key: Hashable, mesh: trimesh.Trimesh) -> None:
@@ -78,29 +87,46 @@ class SilhouetteRenderer:
             self.nodes[key] = self.scene.add(self.pyrender.Mesh.from_trimesh(mesh, smooth=False))
 
     def object_to_camera(self, poses: Tensor) -> np.ndarray:
-        """(B, 7) poses -> (B, 4, 4) transforms: rotation about the object's centre, then the offset t."""
-        rot = roma.unitquat_to_rotmat(roma.quat_normalize(poses[:, :4].detach().double().cpu()))
-        mats = np.tile(np.eye(4), (poses.shape[0], 1, 1))
-        mats[:, :3, :3] = rot.numpy()
-        mats[:, :3, 3] = poses[:, 4:].detach().double().cpu().numpy() + np.array([0.0, 0.0, -self.camera.distance])
-        return mats
+        return object_to_camera(poses, self.camera.distance)
 
-    def render(self, keys: Sequence[Hashable], poses: Tensor) -> Tensor:
-        """One render per sample; only the sample's own mesh is drawn (SEG mode skips nodes outside the map)."""
-        if len(keys) != poses.shape[0]:
-            raise ValueError(f"{len(keys)} mesh keys for {poses.shape[0]} poses")
-        missing = {k for k in keys if k not in self.nodes}
-        if missing:
-            raise KeyError(f"meshes {sorted(map(str, missing))[:3]} were never added to the renderer")
+    def render_array(self, keys: Sequence[Hashable], poses: Tensor) -> np.ndarray:
+        """(B, S, S) booleans: compact, so worker processes send little back."""
+        check_keys(keys, poses, self.nodes)
         mats = self.object_to_camera(poses)
-        out = np.empty((len(keys), self.camera.size, self.camera.size), dtype=np.float32)
+        out = np.empty((len(keys), self.camera.size, self.camera.size), dtype=bool)
         flags = self.pyrender.RenderFlags.SEG
         for i, key in enumerate(keys):
             node = self.nodes[key]
             self.scene.set_pose(node, mats[i])
             color, _ = self.gl.render(self.scene, flags=flags, seg_node_map={node: (255, 255, 255)})
             out[i] = color[..., 0] > 127
-        return torch.from_numpy(out).unsqueeze(1).to(poses.device)
+        return out
+
+    @staticmethod
+    def decode(arr: np.ndarray) -> Tensor:
+        """render_array's output as (B, 1, S, S) float 0/1 masks."""
+        return torch.from_numpy(arr.astype(np.float32)).unsqueeze(1)
+
+    def render(self, keys: Sequence[Hashable], poses: Tensor) -> Tensor:
+        """One render per sample; only the sample's own mesh is drawn (SEG mode skips nodes outside the map)."""
+        return self.decode(self.render_array(keys, poses)).to(poses.device)
+
+
+def check_keys(keys: Sequence[Hashable], params: Tensor, known: dict) -> None:
+    if len(keys) != params.shape[0]:
+        raise ValueError(f"{len(keys)} mesh keys for {params.shape[0]} poses")
+    missing = {k for k in keys if k not in known}
+    if missing:
+        raise KeyError(f"meshes {sorted(map(str, missing))[:3]} were never added to the renderer")
+
+
+def object_to_camera(poses: Tensor, distance: float) -> np.ndarray:
+    """(B, 7) poses -> (B, 4, 4) transforms: rotation about the object's centre, then the offset t."""
+    rot = roma.unitquat_to_rotmat(roma.quat_normalize(poses[:, :4].detach().double().cpu()))
+    mats = np.tile(np.eye(4), (poses.shape[0], 1, 1))
+    mats[:, :3, :3] = rot.numpy()
+    mats[:, :3, 3] = poses[:, 4:].detach().double().cpu().numpy() + np.array([0.0, 0.0, -distance])
+    return mats
 
 
 @functools.cache

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import trimesh
@@ -37,3 +38,16 @@ def load_mesh(path: str | os.PathLike) -> trimesh.Trimesh:
     if float(mesh.bounding_sphere.primitive.radius) <= 0:
         raise ValueError(f"mesh {path} is degenerate (all vertices coincide)")
     return normalise(mesh)
+
+
+def mesh_folder(folder: str | os.PathLike, load: Callable[[str], trimesh.Trimesh]) -> list[str]:
+    """Every mesh file of a user's folder (`bench --meshes`), each loaded now so a broken one fails with its name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--meshes {folder} is not a folder")
+    found = sorted(str(p.resolve()) for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
+    if not found:
+        raise ValueError(f"--meshes {folder}: no mesh files ({', '.join(SUFFIXES)})")
+    for name in found:
+        load(name)
+    return found

@@ -1,4 +1,4 @@
-"""Silhouettes from a pool of worker processes, one GL context each.
+"""Renders from a pool of worker processes, one GL context each.
 
 pyrender renders one view per call from Python, so a big batch (a training pool's states) is bound by one core;
 on a machine with many cores, `render_parallel` splits the batch over spawned workers (spawn, not fork: a forked
@@ -12,25 +12,26 @@ import functools
 import multiprocessing
 import signal
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable, Hashable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 import torch
 import trimesh
 from torch import Tensor
 
-from feedback_solver.render.gl import Camera, import_pyrender, renderer
+from feedback_solver.render.gl import import_pyrender
 
 Loader = Callable[[Hashable], trimesh.Trimesh]
+Factory = Callable[[], Any]
 
 
-def _render_chunk(camera: Camera, loader: Loader, keys: list[Hashable], poses: np.ndarray) -> np.ndarray:
-    """In a worker: the masks of one chunk, as booleans (a quarter of the bytes of float32 back through the pipe)."""
-    gl = renderer(camera)
+def _render_chunk(factory: Factory, loader: Loader, method: str, keys: list[Hashable], params: np.ndarray) -> np.ndarray:
+    """In a worker: one chunk through the renderer's compact `method` (booleans or uint8, not float32, come back)."""
+    gl = factory()
     for key in set(keys):
         if key not in gl.nodes:
             gl.add_mesh(key, loader(key))
-    return gl.render(keys, torch.from_numpy(poses)).numpy() > 0.5
+    return getattr(gl, method)(keys, torch.from_numpy(params))
 
 
 def _die_with_parent() -> None:
@@ -48,13 +49,14 @@ def executor(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent)
 
 
-def render_parallel(camera: Camera, workers: int, loader: Loader, keys: Sequence[Hashable], poses: Tensor) -> Tensor:
-    """(B, 7) poses -> (B, 1, S, S) masks, the batch split into `workers` contiguous chunks in order."""
-    if len(keys) != poses.shape[0]:
-        raise ValueError(f"{len(keys)} mesh keys for {poses.shape[0]} poses")
-    host = poses.detach().to("cpu", torch.float64).numpy()
+def render_parallel(factory: Factory, workers: int, loader: Loader, keys: Sequence[Hashable], params: Tensor,
+                    method: str = "render_array") -> np.ndarray:
+    """(B, P) parameters -> `factory()`'s `method` output for the batch, split into `workers` contiguous chunks in
+    order. `factory` must pickle (a module-level function, or a functools.partial of one with hashable args)."""
+    if len(keys) != params.shape[0]:
+        raise ValueError(f"{len(keys)} mesh keys for {params.shape[0]} parameter rows")
+    host = params.detach().to("cpu", torch.float64).numpy()
     bounds = np.linspace(0, len(keys), workers + 1).astype(int)
-    jobs = [executor(workers).submit(_render_chunk, camera, loader, list(keys[a:b]), host[a:b])
+    jobs = [executor(workers).submit(_render_chunk, factory, loader, method, list(keys[a:b]), host[a:b])
             for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    masks = np.concatenate([job.result() for job in jobs])
-    return torch.from_numpy(masks.astype(np.float32)).to(poses.device)
+    return np.concatenate([job.result() for job in jobs])

@@ -7,11 +7,7 @@ the camera's axes, applied to the start pose, and a translation; E = mean square
 from __future__ import annotations
 
 import functools
-import math
-import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,66 +18,25 @@ from torch import Tensor
 
 from feedback_solver.baselines import SNAPSHOTS, OptimResult, Stopper, fill
 from feedback_solver.render import Camera
+from feedback_solver.render.mitsuba import SceneCache, mitsuba, sensor
 from feedback_solver.spaces import QuaternionTranslation
 
 WORLD = QuaternionTranslation(frame="world")  # the vertices turn by exp(rv) after x0's rotation
-LLVM = "/usr/lib/x86_64-linux-gnu/libLLVM.so.19.1"
-INSTALL = ("the mitsuba baseline needs `pip install -e .[baselines]` (mitsuba, drjit) and Debian's libllvm19 "
-           f"(DRJIT_LIBLLVM_PATH={LLVM}; Mesa's LLVM 15 crashes Dr.Jit)")
 
 
-@functools.cache
-def mitsuba() -> tuple[Any, Any]:
-    """(drjit, mitsuba) on the CPU's LLVM backend, imported once."""
-    if "DRJIT_LIBLLVM_PATH" not in os.environ and Path(LLVM).exists():
-        os.environ["DRJIT_LIBLLVM_PATH"] = LLVM
-    try:
-        import drjit as dr
-        import mitsuba as mi
-        mi.set_variant("llvm_ad_rgb")
-    except Exception as err:  # ImportError, or Dr.Jit failing to load LLVM
-        raise RuntimeError(f"{INSTALL} ({type(err).__name__}: {err})") from err
-    return dr, mi
-
-
-class SceneCache:
-    """One Mitsuba scene per mesh (loading and building its BVH costs more than a render); vertices reset per solve."""
-
-    def __init__(self, camera: Camera, spp: int):
-        self.camera, self.spp = camera, spp
-        self.folder = tempfile.mkdtemp(prefix="fbsolve-mitsuba-")
-        self.scenes: dict[str, tuple[Any, Any, np.ndarray]] = {}
-
-    def get(self, name: str) -> tuple[Any, Any, np.ndarray]:
-        if name not in self.scenes:
-            from tasks.pose import meshes
-            ply = Path(self.folder) / f"{len(self.scenes)}.ply"
-            meshes.mesh(name).export(ply)
-            scene = mitsuba()[1].load_dict(self.scene_dict(str(ply)))
-            params = mitsuba()[1].traverse(scene)
-            verts = np.asarray(params["obj.vertex_positions"], dtype=np.float64).reshape(-1, 3)
-            self.scenes[name] = (scene, params, verts)
-        return self.scenes[name]
-
-    def scene_dict(self, ply: str) -> dict:
-        """The pyrender camera's twin: pinhole at the origin looking down -z, y up, the same field of view."""
-        mi, cam = mitsuba()[1], self.camera
-        fov = math.degrees(2 * math.atan(cam.size / 2 / cam.focal))
-        return {"type": "scene", "integrator": {"type": "direct_projective", "sppi": 0},
-                "sensor": {"type": "perspective", "fov": fov, "fov_axis": "x", "near_clip": cam.znear,
-                           "far_clip": cam.zfar,
-                           "to_world": mi.ScalarTransform4f().look_at(origin=[0, 0, 0], target=[0, 0, -1], up=[0, 1, 0]),
-                           "film": {"type": "hdrfilm", "width": cam.size, "height": cam.size,
-                                    "rfilter": {"type": "box"}, "pixel_format": "luminance", "sample_border": True},
-                           "sampler": {"type": "independent", "sample_count": self.spp}},
-                "obj": {"type": "ply", "filename": ply,
-                        "emitter": {"type": "area", "radiance": {"type": "rgb", "value": 1.0}},
-                        "bsdf": {"type": "diffuse", "reflectance": {"type": "rgb", "value": 0.0}}}}
+def scene_dict(camera: Camera, spp: int, ply: str) -> dict:
+    """The mesh as an area emitter of radiance 1 on black: its render is the silhouette."""
+    return {"type": "scene", "integrator": {"type": "direct_projective", "sppi": 0}, "sensor": sensor(camera, spp),
+            "obj": {"type": "ply", "filename": ply,
+                    "emitter": {"type": "area", "radiance": {"type": "rgb", "value": 1.0}},
+                    "bsdf": {"type": "diffuse", "reflectance": {"type": "rgb", "value": 0.0}}}}
 
 
 @functools.cache
 def scenes(camera: Camera, spp: int) -> SceneCache:
-    return SceneCache(camera, spp)
+    from tasks.pose import meshes
+
+    return SceneCache(functools.partial(scene_dict, camera, spp), meshes.mesh)
 
 
 def rotate(dr: Any, rv: Any, v: Any) -> Any:

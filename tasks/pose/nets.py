@@ -7,17 +7,9 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from feedback_solver.update import MLP, conv_encoder
+from feedback_solver.update import MLP, conv_encoder, pixel_coordinates
 
 IMAGE_INPUTS = ("y", "y_t", "residual")
-
-
-def pixel_coordinates(images: Tensor) -> Tensor:
-    """Two channels of x and y in [-1, 1] (CoordConv): where a shape lies is what the translation update needs."""
-    b, _, h, w = images.shape
-    ys = torch.linspace(-1, 1, h, device=images.device, dtype=images.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
-    xs = torch.linspace(-1, 1, w, device=images.device, dtype=images.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
-    return torch.cat([xs, ys], 1)
 
 
 class PoseCNN(nn.Module):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,8 +16,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 from feedback_solver.problem import Batch, Task
-from feedback_solver.render import Camera, render_parallel, renderer
-from feedback_solver.render.mesh import SUFFIXES
+from feedback_solver.render import Camera, SilhouetteRenderer, render_parallel, renderer
+from feedback_solver.render.mesh import mesh_folder
 from feedback_solver.spaces import QuaternionTranslation, degrees
 from tasks.pose import meshes, mitsuba
 from tasks.pose.nets import PoseInitializer, PoseUpdate
@@ -51,7 +52,8 @@ class PoseTask(Task):
         """Binary silhouettes (B x 1 x S x S) of each sample's mesh under its pose."""
         workers = int(self.cfg.task.render_workers)
         if workers > 1 and x.shape[0] >= 4 * workers:
-            return render_parallel(self.camera, workers, meshes.mesh, ctx["mesh"], x)
+            masks = render_parallel(partial(renderer, self.camera), workers, meshes.mesh, ctx["mesh"], x)
+            return SilhouetteRenderer.decode(masks).to(x.device)
         gl = renderer(self.camera)
         for name in set(ctx["mesh"]):
             if name not in gl.nodes:
@@ -135,15 +137,7 @@ class PoseTask(Task):
 
     def apply_cli_options(self, args: argparse.Namespace, command: str) -> None:
         if command == "bench" and getattr(args, "meshes", None):
-            folder = Path(args.meshes)
-            if not folder.is_dir():
-                raise FileNotFoundError(f"--meshes {folder} is not a folder")
-            found = sorted(str(p.resolve()) for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
-            if not found:
-                raise ValueError(f"--meshes {folder}: no mesh files ({', '.join(SUFFIXES)})")
-            for name in found:
-                meshes.mesh(name)  # load now: a broken file fails here, with its name
-            self.user_meshes = found
+            self.user_meshes = mesh_folder(args.meshes, meshes.mesh)
 
     def load_observation(self, args: argparse.Namespace) -> Batch:
         name = str(Path(args.mesh).resolve())

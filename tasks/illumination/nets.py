@@ -1,0 +1,103 @@
+"""Illumination networks: a small U-Net-style encoder-decoder over stacked RGB images (Ma et al. 2020, Sec. 4.2).
+
+The light update is read from the bottleneck (with the current light appended); the decoder, fed by skip
+connections, predicts the object's depth as an auxiliary task that shapes the encoder's features during training
+and is skipped at inference.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from feedback_solver.update import MLP, pixel_coordinates
+
+IMAGE_INPUTS = ("y", "y_t", "residual")
+
+
+def block(a: int, b: int, stride: int) -> nn.Sequential:
+    """Two 3x3 convs with group norm and leaky ReLU (without the norm, point-light training sat on a plateau and
+    its ReLUs died)."""
+    return nn.Sequential(nn.Conv2d(a, b, 3, stride=stride, padding=1), nn.GroupNorm(4, b), nn.LeakyReLU(0.1),
+                         nn.Conv2d(b, b, 3, padding=1), nn.GroupNorm(4, b), nn.LeakyReLU(0.1))
+
+
+class EncoderDecoder(nn.Module):
+    """Images (B x C x H x W) -> a 3-vector (light update), plus `aux["depth"]` (B x 1 x H' x W') while training."""
+
+    def __init__(self, channels: int, with_light: bool, size: int, model: DictConfig):
+        super().__init__()
+        levels = [int(c) for c in model.channels]
+        self.shrink, self.coords = int(model.downsample), bool(model.coords)
+        self.depth_head = bool(model.depth_head)
+        dims = [channels + 2 * self.coords] + levels
+        self.down = nn.ModuleList(block(a, b, 2) for a, b in zip(dims[:-1], dims[1:]))
+        side = size // self.shrink // 2 ** len(levels)
+        self.with_light = with_light
+        self.head = MLP(levels[-1] * side * side + (3 if with_light else 0), int(model.hidden), 3, int(model.layers))
+        if self.depth_head:  # up path: upsample, concatenate the skip of the same size, two 3x3 convs
+            ups = list(zip(levels[::-1][:-1], levels[::-1][1:]))
+            self.up = nn.ModuleList(block(a + b, b, 1) for a, b in ups)
+            self.depth = nn.Conv2d(levels[0], 1, 3, padding=1)
+        self.aux: dict[str, Tensor] = {}
+
+    def forward(self, images: Tensor, light: Tensor | None = None) -> Tensor:
+        if self.shrink > 1:
+            images = nn.functional.avg_pool2d(images, self.shrink)
+        if self.coords:
+            images = torch.cat([images, pixel_coordinates(images)], 1)
+        skips = []
+        f = images
+        for down in self.down:
+            f = down(f)
+            skips.append(f)
+        self.aux = self.decode(skips) if self.training and self.depth_head else {}
+        code = f.flatten(1)
+        if self.with_light:
+            code = torch.cat([code, light], 1)
+        return self.head(code)
+
+    def decode(self, skips: list[Tensor]) -> dict[str, Tensor]:
+        """Depth at half the encoder's input size (the first level's resolution)."""
+        f = skips[-1]
+        for up, skip in zip(self.up, skips[::-1][1:]):
+            f = nn.functional.interpolate(f, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            f = up(torch.cat([f, skip], 1))
+        return {"depth": self.depth(f)}
+
+
+class LightUpdate(nn.Module):
+    """Residual feedback (y, y_t, y - y_t as RGB channels) and the current light -> the light's update."""
+
+    def __init__(self, inputs: list[str], size: int, model: DictConfig):
+        super().__init__()
+        self.images = [k for k in inputs if k in IMAGE_INPUTS]
+        if "gradient" in inputs:
+            raise ValueError("illumination: the pyrender forward model is not differentiable; "
+                             "feedback.inputs cannot hold gradient")
+        self.net = EncoderDecoder(3 * len(self.images), "x" in inputs, size, model)
+
+    @property
+    def aux(self) -> dict[str, Tensor]:
+        return self.net.aux
+
+    def forward(self, fb: dict[str, Tensor], h: Any = None) -> tuple[Tensor, Any]:
+        return self.net(torch.cat([fb[k] for k in self.images], 1), fb.get("x")), h
+
+
+class LightInitializer(nn.Module):
+    """Regression from the image alone: one step away from the constant start light."""
+
+    def __init__(self, size: int, model: DictConfig, space):
+        super().__init__()
+        self.space = space
+        self.net = EncoderDecoder(3, False, size, model)
+
+    @property
+    def aux(self) -> dict[str, Tensor]:
+        return self.net.aux
+
+    def forward(self, y: Tensor, ctx: dict[str, Any], x0: Tensor) -> Tensor:
+        return self.space.retract(x0, self.net(y))

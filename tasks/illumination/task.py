@@ -1,0 +1,259 @@
+"""Light position (point light) or direction (directional light) from one shaded RGB image (Ma et al. 2020, Sec. 4.2).
+
+x is the light relative to the object's centre in camera axes (x right, y up, z towards the camera): a point light's
+position at a radius in [r_min, r_max], or the unit direction towards a directional light; both on the camera-side
+half-space z >= 0. The mesh and its rotation are known (ctx); the material is grey and diffuse.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import roma
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+from torch import Tensor, nn
+
+from feedback_solver.problem import Batch, Task
+from feedback_solver.render import Camera, render_parallel
+from feedback_solver.render.mesh import mesh_folder
+from feedback_solver.render.shaded import KINDS, Lighting, ShadedRenderer, shaded_renderer
+from feedback_solver.spaces import Shell
+from tasks.illumination import mitsuba
+from tasks.illumination.nets import LightInitializer, LightUpdate
+from tasks.pose import meshes
+
+SPLIT_OFFSETS = {"train": 0, "val": 5_555_555, "test": 9_999_991}
+BACKGROUND_DEPTH = 1.5  # depth-head target off the object (object depths are within +-1 of its centre)
+
+
+class IlluminationTask(Task):
+    """One light of a known kind lighting a known mesh; `settings()` gives the point and the directional task."""
+
+    name = "illumination"
+    differentiable = False
+
+    def __init__(self, cfg: DictConfig):
+        super().__init__(cfg)
+        t = cfg.task
+        self.camera = Camera(int(t.size), float(t.focal), float(t.distance))
+        self.train_meshes = [str(m) for m in t.train_meshes]
+        self.test_meshes = [str(m) for m in t.test_meshes]
+        meshes.check_disjoint(self.train_meshes, self.test_meshes)
+        self.user_meshes: list[str] | None = None
+        self.light = str(t.light)
+        if self.light not in KINDS:
+            raise ValueError(f"task.light must be one of {KINDS}, got {self.light!r}")
+
+    # --- settings ------------------------------------------------------------------------------
+    def for_light(self, light: str) -> "IlluminationTask":
+        """The same task for another light kind (its own space, checkpoints and report)."""
+        cfg = copy.deepcopy(self.cfg)
+        cfg.task.light = light
+        other = type(self)(cfg)
+        other.user_meshes = self.user_meshes
+        return other
+
+    def settings(self) -> list[Task]:
+        """Both light kinds, unless --light chose one."""
+        return [self.for_light(k) for k in KINDS] if self.cfg.task.get("both", False) else [self]
+
+    @property
+    def report_name(self) -> str:
+        return f"{self.name}_{self.light}"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(__file__).parent / "checkpoints" / self.light
+
+    def check_checkpoint(self, cfg: DictConfig, path: Path) -> None:
+        if str(cfg.task.light) != self.light:
+            raise ValueError(f"checkpoint {path} was trained for {cfg.task.light} lights, not {self.light}; "
+                             f"pass --light {cfg.task.light} or another checkpoint")
+
+    # --- physics -----------------------------------------------------------------------------
+    @property
+    def space(self) -> Shell:
+        t = self.cfg.task
+        if self.light == "point":
+            return Shell(float(t.radius[0]), float(t.radius[1]), float(t.min_z))
+        return Shell(1.0, 1.0, float(t.min_z))
+
+    @property
+    def lighting(self) -> Lighting:
+        t = self.cfg.task
+        return Lighting(self.light, float(t.intensity[self.light]), float(t.albedo), bool(t.shadows),
+                        int(t.shadow_map))
+
+    def check_light(self, x: Tensor) -> None:
+        """A light off the allowed domain is refused with the domain spelled out."""
+        self.space.check(x, f"{self.light} light")
+        bad = ~self.space.contains(x)
+        if bad.any():
+            i = int(bad.nonzero()[0])
+            raise ValueError(f"{self.light} light {np.round(x[i].tolist(), 4).tolist()} is off the allowed domain "
+                             f"({self.space.describe()}; camera-side, relative to the object's centre)")
+
+    def _render(self, x: Tensor, ctx: dict[str, Any], method: str) -> np.ndarray:
+        params = torch.cat([x.detach().cpu().double(), ctx["rotation"].detach().cpu().double()], 1)
+        workers = int(self.cfg.task.render_workers)
+        factory = partial(shaded_renderer, self.camera, self.lighting)
+        if workers > 1 and x.shape[0] >= 4 * workers:
+            return render_parallel(factory, workers, meshes.mesh, ctx["mesh"], params, method)
+        gl = factory()
+        for name in set(ctx["mesh"]):
+            gl.add_mesh(name, meshes.mesh(name))
+        return getattr(gl, method)(ctx["mesh"], params)
+
+    def forward(self, x: Tensor, ctx: dict[str, Any]) -> Tensor:
+        """RGB images (B x 3 x S x S in [0, 1]) of each sample's mesh, at its rotation, under its light."""
+        self.check_light(x)
+        return ShadedRenderer.decode(self._render(x, ctx, "render_array")).to(x.device)
+
+    def depth(self, ctx: dict[str, Any]) -> Tensor:
+        """The depth head's target: depth relative to the object's centre, BACKGROUND_DEPTH off the object."""
+        x = self.initial(Batch(torch.zeros(len(ctx["mesh"]), 1), None, ctx))
+        d = torch.from_numpy(self._render(x, ctx, "depth_array")).unsqueeze(1)
+        return torch.where(d > 0, d - self.camera.distance, torch.full_like(d, BACKGROUND_DEPTH))
+
+    # --- data ----------------------------------------------------------------------------------
+    def names(self, split: str) -> list[str]:
+        if split in ("train", "val"):
+            return self.train_meshes + meshes.procedural(int(self.cfg.task.procedural))
+        if split == "test":
+            return self.user_meshes or self.test_meshes
+        raise ValueError(f"split must be train, val or test, got {split!r}")
+
+    def random_lights(self, n: int, gen: torch.Generator) -> Tensor:
+        """Uniform directions on the camera-side half-sphere (z >= min_z), point lights at a uniform radius."""
+        u = torch.nn.functional.normalize(torch.randn(n, 3, generator=gen, dtype=torch.float64), dim=1)
+        u[:, 2] = u[:, 2].abs()
+        x = self.space.project(u)
+        if self.light == "point":
+            lo, hi = (float(r) for r in self.cfg.task.radius)
+            x = nn.functional.normalize(x, dim=1) * (lo + (hi - lo) * torch.rand(n, 1, generator=gen, dtype=x.dtype))
+        return x.float()
+
+    def sample(self, n: int, split: str, seed: int) -> Batch:
+        names = self.names(split)
+        gen = torch.Generator().manual_seed(int(seed) + SPLIT_OFFSETS[split])
+        pick = torch.randint(len(names), (n,), generator=gen)
+        x = self.random_lights(n, gen)
+        rot = roma.quat_normalize(torch.randn(n, 4, generator=gen))  # uniform over SO(3)
+        if not self.cfg.task.random_rotation:
+            rot = torch.tensor([[0.0, 0.0, 0.0, 1.0]]).expand(n, 4).clone()
+        ctx: dict[str, Any] = {"mesh": [names[int(i)] for i in pick], "rotation": rot}
+        y = self.forward(x, ctx)
+        if split != "test":  # the depth head's target (training only)
+            ctx["depth"] = self.depth(ctx)
+        return Batch(y, x, ctx)
+
+    def initial(self, batch: Batch) -> Tensor:
+        """A light on the camera's axis: the constant start of the solver and of the optimisers."""
+        x = torch.zeros(len(batch), 3, device=batch.y.device)
+        x[:, 2] = 1.0 if self.light == "directional" else sum(float(r) for r in self.cfg.task.radius) / 2
+        return x
+
+    def describe_data(self, split: str) -> str:
+        t = self.cfg.task
+        where = "user meshes" if split == "test" and self.user_meshes else "pybullet_data"
+        light = (f"point lights at radius {t.radius[0]}-{t.radius[1]}" if self.light == "point"
+                 else "directional lights" + (" with shadows" if t.shadows else ""))
+        rot = "random object rotations" if t.random_rotation else "canonical object pose"
+        return (f"{len(self.names(split))} {split} objects ({where}); {light} on the camera-side half-sphere; "
+                f"{rot}; {t.size}x{t.size} RGB")
+
+    # --- evaluation ----------------------------------------------------------------------------
+    def metrics(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any]) -> dict[str, Tensor]:
+        """light_mse: mean over the three coordinates of the squared error of the position (or direction)."""
+        return {"light_mse": (x_pred - x_true).pow(2).mean(1)}
+
+    def is_outlier(self, metrics: dict[str, Tensor]) -> Tensor:
+        return metrics["light_mse"] > float(self.cfg.task.outlier_mse[self.light])
+
+    def loss(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any]) -> Tensor:
+        return (x_pred - x_true).pow(2).mean()
+
+    def auxiliary_loss(self, aux: dict[str, Tensor], batch: Batch) -> Tensor:
+        """MSE of the depth head against the true depth, area-averaged to the head's resolution."""
+        pred = aux["depth"]
+        target = nn.functional.adaptive_avg_pool2d(batch.ctx["depth"].to(pred.device), pred.shape[-2:])
+        return float(self.cfg.task.depth_weight) * (pred - target).pow(2).mean()
+
+    # --- learned parts -----------------------------------------------------------------------------
+    def make_update(self, inputs: list[str], model: DictConfig) -> nn.Module:
+        return LightUpdate(inputs, self.camera.size, model)
+
+    def make_initializer(self, model: DictConfig) -> nn.Module:
+        return LightInitializer(self.camera.size, model, self.space)
+
+    def optimisers(self) -> dict[str, Callable[..., Any]]:
+        """The differentiable-renderer baseline (Mitsuba 3, imported only when it runs)."""
+        return {"mitsuba": mitsuba.optimise}
+
+    # --- command line ----------------------------------------------------------------------------------
+    @classmethod
+    def add_cli_options(cls, parser: argparse.ArgumentParser, command: str) -> None:
+        need = command == "solve"
+        parser.add_argument("--light", choices=KINDS, required=need,
+                            help="light kind" + ("" if need else " (default: both for bench, point for train)"))
+        if command == "solve":
+            parser.add_argument("--mesh", required=True, help="the object's mesh (OBJ/STL/PLY/GLB), canonical pose")
+            parser.add_argument("--image", required=True, help="RGB PNG of the trained size")
+        if command == "bench":
+            parser.add_argument("--meshes", help="folder of meshes to evaluate on instead of the test objects")
+
+    def apply_cli_options(self, args: argparse.Namespace, command: str) -> None:
+        light = getattr(args, "light", None)
+        if light:
+            self.light = self.cfg.task.light = light
+        elif command == "bench":
+            self.cfg.task.both = True
+        if command == "bench" and getattr(args, "meshes", None):
+            self.user_meshes = mesh_folder(args.meshes, meshes.mesh)
+
+    def load_observation(self, args: argparse.Namespace) -> Batch:
+        name = str(Path(args.mesh).resolve())
+        meshes.mesh(name)
+        rot = torch.tensor([[0.0, 0.0, 0.0, 1.0]])
+        return Batch(read_image(args.image, self.camera.size), None, {"mesh": [name], "rotation": rot})
+
+    def write_solution(self, x: Tensor, batch: Batch, args: argparse.Namespace) -> list[Path]:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        light = x[0].tolist()
+        what = "position" if self.light == "point" else "direction"
+        print(f"{self.light} light {what} (camera axes, from the object's centre): {np.round(light, 4).tolist()}")
+        info = {"light": self.light, what: light, "mesh": batch.ctx["mesh"][0],
+                "camera": vars(self.camera) | {"looks_along": "-z, y up"}}
+        (out / "light.json").write_text(json.dumps(info, indent=2) + "\n")
+        render = self.forward(x[:1], batch.ctx)[0]
+        side = torch.cat([batch.y[0], render], 2).permute(1, 2, 0).numpy()
+        Image.fromarray((side * 255).round().astype(np.uint8)).save(out / "input_vs_render.png")
+        return [out / "light.json", out / "input_vs_render.png"]
+
+
+def read_image(path: str | Path, size: int) -> Tensor:
+    """An RGB image of the trained size as a (1, 3, S, S) tensor in [0, 1]."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    try:
+        img = Image.open(path)
+        img.load()
+    except Exception as err:
+        raise ValueError(f"image {path} is not an image ({err})") from err
+    if img.mode not in ("RGB", "RGBA"):
+        raise ValueError(f"image {path} has mode {img.mode} ({len(img.getbands())} channel(s)); give an RGB image")
+    if img.size != (size, size):
+        raise ValueError(f"image {path} is {img.size[0]}x{img.size[1]}; the solver was trained on {size}x{size}")
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    if arr.max() == 0:
+        raise ValueError(f"image {path} is black: nothing is lit")
+    return torch.from_numpy(arr).permute(2, 0, 1)[None]

@@ -1,0 +1,192 @@
+"""Illumination task: shading is right, lights stay in their domain, bad input is refused by name, the object split
+is the pose task's, and the shipped checkpoints solve a small fixed sample as the README says."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from feedback_solver import registry
+from feedback_solver.bench import load_solver
+from feedback_solver.config import load_config
+from tasks.illumination.task import read_image
+
+REPO = Path(__file__).resolve().parents[2]
+CKPT = REPO / "tasks" / "illumination" / "checkpoints"
+
+
+def make(light: str, *overrides: str):
+    cls = registry.task_class("illumination")
+    return cls(load_config(cls, [f"task.light={light}", "task.procedural=0", *overrides]))
+
+
+@pytest.fixture(scope="module", params=["point", "directional"])
+def task(request):
+    return make(request.param)
+
+
+@pytest.fixture(scope="module")
+def sphere(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("mesh") / "sphere.obj"
+    trimesh.creation.icosphere(subdivisions=4).export(path)
+    return str(path)
+
+
+def fbsolve(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "feedback_solver.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+# --- forward model and data -----------------------------------------------------------------------------------
+def test_a_sphere_lit_from_the_camera_is_brighter_at_its_centre_than_at_its_rim(task, sphere):
+    x = task.initial(task.sample(1, "test", 0))[:1]
+    img = task.forward(x, {"mesh": [sphere], "rotation": torch.tensor([[0.0, 0.0, 0.0, 1.0]])})[0].mean(0)
+    c = task.camera.size // 2
+    rim = int(task.camera.focal / np.sqrt(task.camera.distance**2 - 1) * 0.9)  # 90 % of the disc's radius
+    assert img[c, c] > 0.3, "the centre faces the light"
+    assert img[c, c] > img[c, c + rim] + 0.1 and img[c, c] > img[c - rim, c] + 0.1
+    assert img[0, 0] == 0 and img[c, c + rim + 8] == 0, "background is black"
+
+
+def test_the_object_split_is_the_pose_tasks(task):
+    pose = registry.task_class("pose")
+    cfg = load_config(pose, [])
+    assert task.train_meshes == list(cfg.task.train_meshes) and task.test_meshes == list(cfg.task.test_meshes)
+    assert not set(task.names("train")) & set(task.names("test"))
+
+
+def test_samples_are_deterministic_lit_and_carry_the_depth_target(task):
+    a, b = task.sample(8, "val", 3), task.sample(8, "val", 3)
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and a.y.shape == (8, 3, 128, 128)
+    assert (a.y.flatten(1).max(1).values > 0.1).all(), "every sample shows a lit object"
+    depth = a.ctx["depth"]
+    on = depth < 1.5
+    assert depth.shape == (8, 1, 128, 128) and on.any() and depth[on].abs().max() <= 1.01
+    assert "depth" not in task.sample(2, "test", 0).ctx
+
+
+def test_render_workers_give_the_in_process_images_in_order(task):
+    batch = task.sample(12, "test", 1)
+    single = make(task.light, "task.render_workers=0")
+    assert torch.equal(single.forward(batch.x, batch.ctx), batch.y)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.floats(0.01, 10.0))
+def test_retract_keeps_every_light_inside_the_allowed_domain(seed, scale):
+    gen = torch.Generator().manual_seed(seed)
+    for light in ("point", "directional"):
+        space = make(light).space
+        x = space.project(torch.randn(32, 3, generator=gen) * 3)
+        moved = space.retract(x, scale * torch.randn(32, 3, generator=gen))
+        assert space.contains(x).all() and space.contains(moved).all()
+        assert (moved[:, 2] >= -1e-6).all()
+
+
+def test_metrics_and_outliers(task):
+    x = task.sample(4, "test", 0).x
+    assert task.metrics(x, x, {})["light_mse"].max() == 0
+    err = task.metrics(x + torch.tensor([0.3, 0.0, 0.0]), x, {})["light_mse"]
+    assert torch.allclose(err, torch.full((4,), 0.03))
+    assert task.is_outlier({"light_mse": torch.tensor([0.05, 0.2])}).tolist() == [False, True]
+
+
+# --- bad input ---------------------------------------------------------------------------------------------------
+def test_a_light_off_the_domain_is_refused_by_name(task, sphere):
+    ctx = {"mesh": [sphere], "rotation": torch.tensor([[0.0, 0.0, 0.0, 1.0]])}
+    with pytest.raises(ValueError, match="off the allowed domain"):
+        task.forward(torch.tensor([[0.0, 0.0, -1.0]]) * (3 if task.light == "point" else 1), ctx)
+    with pytest.raises(ValueError, match="off the allowed domain"):
+        task.forward(torch.tensor([[0.0, 0.0, 9.0]]), ctx)
+    with pytest.raises(ValueError, match="NaN"):
+        task.forward(torch.tensor([[float("nan"), 0.0, 1.0]]), ctx)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("size", "is 64x64; the solver was trained on 128x128"),
+    ("grey", "mode L .1 channel.s..; give an RGB image"),
+    ("black", "is black"),
+    ("text", "is not an image"),
+    ("missing", "does not exist"),
+])
+def test_bad_images_are_refused_by_name(tmp_path, case, message):
+    path = tmp_path / f"{case}.png"
+    if case == "size":
+        Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(path)
+    elif case == "grey":
+        Image.fromarray(np.full((128, 128), 90, np.uint8)).save(path)
+    elif case == "black":
+        Image.fromarray(np.zeros((128, 128, 3), np.uint8)).save(path)
+    elif case == "text":
+        path.write_text("not a png")
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        read_image(path, 128)
+
+
+def test_cli_names_a_mesh_that_does_not_load_and_a_missing_light_kind(tmp_path):
+    img = tmp_path / "i.png"
+    Image.fromarray(np.full((128, 128, 3), 90, np.uint8)).save(img)
+    bad = tmp_path / "bad.obj"
+    bad.write_text("v 0 0 0\nv 1 0 0\n")
+    proc = fbsolve("solve", "illumination", "--light", "point", "--mesh", str(bad), "--image", str(img), cwd=tmp_path)
+    assert proc.returncode == 2 and "has no faces" in proc.stderr.strip().splitlines()[-1]
+    proc = fbsolve("solve", "illumination", "--mesh", str(bad), "--image", str(img), cwd=tmp_path)
+    assert proc.returncode == 2 and "--light" in proc.stderr
+
+
+def test_a_checkpoint_of_the_other_light_kind_is_refused(tmp_path):
+    other = CKPT / "directional" / "feedback.safetensors"
+    if not other.exists():
+        pytest.skip("no shipped directional checkpoint")
+    with pytest.raises(ValueError, match="trained for directional lights, not point"):
+        load_solver(make("point"), path=other)
+
+
+# --- shipped checkpoints -----------------------------------------------------------------------------------------
+def shipped(light: str) -> bool:
+    return all((CKPT / light / f"{v}.safetensors").exists() for v in ("feedback", "regression"))
+
+
+@pytest.mark.parametrize("light", ["point", "directional"])
+def test_shipped_solver_beats_regression_and_damping_never_raises_the_energy(light):
+    if not shipped(light):
+        pytest.skip(f"no shipped {light} checkpoints")
+    task = make(light)
+    batch = task.sample(40, "test", 0)
+    fb = load_solver(task).solve(batch.y, batch.ctx)
+    reg = load_solver(task, "regression").init(batch.y, batch.ctx)
+    m_fb, m_reg = task.metrics(fb.x, batch.x, {})["light_mse"], task.metrics(reg, batch.x, {})["light_mse"]
+    assert m_fb.median() < m_reg.median() and m_fb.mean() < m_reg.mean()
+    # the shipped figures on these 40 test samples (README), with some slack
+    bar = FIGURES[light]
+    assert m_fb.median() < bar["median"] and m_fb.mean() < bar["mean"], (m_fb.median(), m_fb.mean())
+    assert (fb.trace.energies().diff(dim=1) <= 0).all()
+
+
+FIGURES = {"point": {"median": 1.0, "mean": 1.0}, "directional": {"median": 1.0, "mean": 1.0}}
+
+
+def test_cli_solve_writes_the_light_and_the_side_by_side_render(tmp_path, sphere):
+    if not shipped("directional"):
+        pytest.skip("no shipped directional checkpoint")
+    task = make("directional")
+    truth = torch.nn.functional.normalize(torch.tensor([[0.5, 0.4, 0.77]]), dim=1)
+    y = task.forward(truth, {"mesh": [sphere], "rotation": torch.tensor([[0.0, 0.0, 0.0, 1.0]])})
+    img = tmp_path / "photo.png"
+    Image.fromarray((y[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(img)
+    proc = fbsolve("solve", "illumination", "--light", "directional", "--mesh", sphere, "--image", str(img),
+                   "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads((tmp_path / "o" / "light.json").read_text())
+    assert float((torch.tensor(info["direction"]) - truth[0]).pow(2).mean()) < 0.05
+    side = np.asarray(Image.open(tmp_path / "o" / "input_vs_render.png"))
+    assert side.shape == (128, 256, 3) and side[:, :128].any() and side[:, 128:].any()
