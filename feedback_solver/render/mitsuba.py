@@ -9,12 +9,17 @@ import functools
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 import trimesh
+from omegaconf import DictConfig
+from torch import Tensor
 
+from feedback_solver.baselines import SNAPSHOTS, OptimResult, Stopper, fill
 from feedback_solver.render.gl import Camera
 
 LLVM = "/usr/lib/x86_64-linux-gnu/libLLVM.so.19.1"
@@ -70,3 +75,37 @@ class SceneCache:
             verts = np.asarray(params["obj.vertex_positions"], dtype=np.float64).reshape(-1, 3)
             self.scenes[key] = (scene, params, verts)
         return self.scenes[key]
+
+
+def adam_loop(opt: Any, evaluate: Callable[[int], tuple[Any, Tensor]], x0: Tensor, baselines: DictConfig,
+              after_step: Callable[[], None] | None = None) -> OptimResult:
+    """A Mitsuba Adam under the seed's stopping rule (<= max_iterations, stop after `patience` without improvement).
+
+    evaluate(it) renders and returns (Dr.Jit loss with its graph, the (1, D) estimate it scored); after_step, if
+    given, runs after each Adam step (e.g. a projection back into the domain).
+    """
+    dr = mitsuba()[0]
+    b = baselines
+    stop, snaps = Stopper(x0.cpu(), int(b.patience), float(b.rel_tol)), {}
+    start = time.perf_counter()
+    for it in range(int(b.max_iterations) + 1):
+        loss, x = evaluate(it)
+        running = stop.update(x, torch.tensor([float(np.asarray(loss).ravel()[0])]))
+        if it in SNAPSHOTS:
+            snaps[it] = stop.best_x.clone()
+        if not running or it == int(b.max_iterations):
+            break
+        dr.backward(loss)
+        opt.step()
+        if after_step is not None:
+            after_step()
+    return OptimResult(stop.best_x, stop.steps.clamp(max=int(b.max_iterations)), time.perf_counter() - start,
+                       fill(snaps, stop.best_x, int(b.max_iterations)))
+
+
+def per_sample(solve_one: Callable[[int], OptimResult], n: int, device: Any) -> OptimResult:
+    """One Mitsuba optimisation per sample (each has its own scene and Adam state), stacked as a batch result."""
+    results = [solve_one(i) for i in range(n)]
+    snaps = {k: torch.cat([r.snapshots[k] for r in results]) for k in results[0].snapshots}
+    return OptimResult(torch.cat([r.x for r in results]).to(device), torch.cat([r.steps for r in results]),
+                       sum(r.seconds for r in results), snaps)

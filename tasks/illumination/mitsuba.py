@@ -10,7 +10,6 @@ so Mitsuba's optimum sits slightly off the true light.
 from __future__ import annotations
 
 import functools
-import time
 from typing import Any
 
 import numpy as np
@@ -19,9 +18,9 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from feedback_solver.baselines import SNAPSHOTS, OptimResult, Stopper, fill
+from feedback_solver.baselines import OptimResult
 from feedback_solver.render import Camera
-from feedback_solver.render.mitsuba import SceneCache, mitsuba, sensor
+from feedback_solver.render.mitsuba import SceneCache, adam_loop, mitsuba, per_sample, sensor
 from feedback_solver.render.shaded import Lighting
 
 DIFFUSE = 0.96  # pyrender's c_diff = base colour x (1 - 0.04) for a dielectric
@@ -65,30 +64,20 @@ def solve_one(task: Any, y: Tensor, name: str, rotation: Tensor, x0: Tensor, cfg
     target = mi.TensorXf(y[0].permute(1, 2, 0).cpu().numpy().astype(np.float32))
     opt = mi.ad.Adam(lr=float(m.lr))
     opt["x"] = mi.Vector3f(*(float(v) for v in x0[0]))
-    stop, snaps = Stopper(x0.cpu(), int(b.patience), float(b.rel_tol)), {}
-    start = time.perf_counter()
-    for it in range(int(b.max_iterations) + 1):
+
+    def evaluate(it: int) -> tuple[Any, Tensor]:
         place_light(mi, params, kind, opt["x"], centre)
         params.update()
         img = dr.power(dr.clip(mi.render(scene, params, seed=it), 1e-4, 1.0), 1.0 / 2.2)
-        loss = dr.mean(dr.square(img - target).array)
-        x = torch.tensor(np.asarray(opt["x"]).reshape(1, 3), dtype=x0.dtype)
-        running = stop.update(x, torch.tensor([float(np.asarray(loss).ravel()[0])]))
-        if it in SNAPSHOTS:
-            snaps[it] = stop.best_x.clone()
-        if not running or it == int(b.max_iterations):
-            break
-        dr.backward(loss)
-        opt.step()
+        return dr.mean(dr.square(img - target).array), torch.tensor(np.asarray(opt["x"]).reshape(1, 3), dtype=x0.dtype)
+
+    def project() -> None:
         opt["x"] = mi.Vector3f(*space.project(torch.tensor(np.asarray(opt["x"]).reshape(1, 3)))[0].tolist())
-    return OptimResult(stop.best_x, stop.steps.clamp(max=int(b.max_iterations)), time.perf_counter() - start,
-                       fill(snaps, stop.best_x, int(b.max_iterations)))
+
+    return adam_loop(opt, evaluate, x0, b, project)
 
 
 def optimise(task: Any, y: Tensor, ctx: dict[str, Any], x0: Tensor, cfg: DictConfig) -> OptimResult:
     """The batch one image at a time (each has its own mesh, rotation and Adam state)."""
-    results = [solve_one(task, y[i : i + 1], ctx["mesh"][i], ctx["rotation"][i : i + 1], x0[i : i + 1], cfg)
-               for i in range(len(y))]
-    snaps = {k: torch.cat([r.snapshots[k] for r in results]) for k in results[0].snapshots}
-    return OptimResult(torch.cat([r.x for r in results]).to(x0.device), torch.cat([r.steps for r in results]),
-                       sum(r.seconds for r in results), snaps)
+    return per_sample(lambda i: solve_one(task, y[i : i + 1], ctx["mesh"][i], ctx["rotation"][i : i + 1],
+                                          x0[i : i + 1], cfg), len(y), x0.device)

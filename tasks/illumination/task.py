@@ -43,10 +43,7 @@ class IlluminationTask(Task):
         super().__init__(cfg)
         t = cfg.task
         self.camera = Camera(int(t.size), float(t.focal), float(t.distance))
-        self.train_meshes = [str(m) for m in t.train_meshes]
-        self.test_meshes = [str(m) for m in t.test_meshes]
-        meshes.check_disjoint(self.train_meshes, self.test_meshes)
-        self.user_meshes: list[str] | None = None
+        self.objects = meshes.ObjectSplit.from_config(t)
         self.light = str(t.light)
         if self.light not in KINDS:
             raise ValueError(f"task.light must be one of {KINDS}, got {self.light!r}")
@@ -57,7 +54,7 @@ class IlluminationTask(Task):
         cfg = copy.deepcopy(self.cfg)
         cfg.task.light = light
         other = type(self)(cfg)
-        other.user_meshes = self.user_meshes
+        other.objects.user = self.objects.user
         return other
 
     def settings(self) -> list[Task]:
@@ -124,11 +121,7 @@ class IlluminationTask(Task):
 
     # --- data ----------------------------------------------------------------------------------
     def names(self, split: str) -> list[str]:
-        if split in ("train", "val"):
-            return self.train_meshes + meshes.procedural(int(self.cfg.task.procedural))
-        if split == "test":
-            return self.user_meshes or self.test_meshes
-        raise ValueError(f"split must be train, val or test, got {split!r}")
+        return self.objects.names(split)
 
     def random_lights(self, n: int, gen: torch.Generator) -> Tensor:
         """Uniform directions on the camera-side half-sphere (z >= min_z), point lights at a uniform radius."""
@@ -162,7 +155,7 @@ class IlluminationTask(Task):
 
     def describe_data(self, split: str) -> str:
         t = self.cfg.task
-        where = "user meshes" if split == "test" and self.user_meshes else "pybullet_data"
+        where = self.objects.source(split)
         light = (f"point lights at radius {t.radius[0]}-{t.radius[1]}" if self.light == "point"
                  else "directional lights" + (" with shadows" if t.shadows else ""))
         rot = "random object rotations" if t.random_rotation else "canonical object pose"
@@ -216,7 +209,7 @@ class IlluminationTask(Task):
         elif command == "bench":
             self.cfg.task.both = True
         if command == "bench" and getattr(args, "meshes", None):
-            self.user_meshes = mesh_folder(args.meshes, meshes.mesh)
+            self.objects.user = mesh_folder(args.meshes, meshes.mesh)
 
     def load_observation(self, args: argparse.Namespace) -> Batch:
         name = str(Path(args.mesh).resolve())

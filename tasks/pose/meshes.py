@@ -4,10 +4,12 @@ Procedural shapes (pybullet_data/random_urdfs) may be added to training for vari
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import trimesh
+from omegaconf import DictConfig
 
 from feedback_solver.render import load_mesh
 
@@ -54,3 +56,31 @@ def check_disjoint(train: list[str], test: list[str]) -> None:
     both = sorted(set(train) & set(test))
     if both:
         raise ValueError(f"pose: objects in both the train and the test split: {both}; the split is by object")
+
+
+@dataclass
+class ObjectSplit:
+    """The vision tasks' objects by split: real train meshes (+ procedural shapes) and real test meshes, never
+    shared; a user's folder (`bench --meshes`) replaces the test objects."""
+
+    train: list[str]
+    test: list[str]
+    procedural: int = 0
+    user: list[str] | None = None
+
+    def __post_init__(self):
+        check_disjoint(self.train, self.test)
+
+    @classmethod
+    def from_config(cls, t: DictConfig) -> "ObjectSplit":
+        return cls([str(m) for m in t.train_meshes], [str(m) for m in t.test_meshes], int(t.procedural))
+
+    def names(self, split: str) -> list[str]:
+        if split in ("train", "val"):
+            return self.train + procedural(self.procedural)
+        if split == "test":
+            return self.user or self.test
+        raise ValueError(f"split must be train, val or test, got {split!r}")
+
+    def source(self, split: str) -> str:
+        return "user meshes" if split == "test" and self.user else "pybullet_data"

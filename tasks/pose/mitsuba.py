@@ -7,7 +7,6 @@ the camera's axes, applied to the start pose, and a translation; E = mean square
 from __future__ import annotations
 
 import functools
-import time
 from typing import Any
 
 import numpy as np
@@ -16,9 +15,9 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from feedback_solver.baselines import SNAPSHOTS, OptimResult, Stopper, fill
+from feedback_solver.baselines import OptimResult
 from feedback_solver.render import Camera
-from feedback_solver.render.mitsuba import SceneCache, mitsuba, sensor
+from feedback_solver.render.mitsuba import SceneCache, adam_loop, mitsuba, per_sample, sensor
 from feedback_solver.spaces import QuaternionTranslation
 
 WORLD = QuaternionTranslation(frame="world")  # the vertices turn by exp(rv) after x0's rotation
@@ -59,24 +58,16 @@ def solve_one(task: Any, y: Tensor, name: str, x0: Tensor, cfg: DictConfig) -> O
     opt = mi.ad.Adam(lr=float(m.lr))
     opt["rv"], opt["t"] = mi.Vector3f(0.0, 0.0, 0.0), mi.Vector3f(*(float(v) for v in x0[0, 4:]))
     opt.set_learning_rate({"rv": float(m.lr), "t": float(m.lr) * float(m.translation_lr_scale)})
-    stop, snaps = Stopper(x0.cpu(), int(b.patience), float(b.rel_tol)), {}
-    start = time.perf_counter()
-    for it in range(int(b.max_iterations) + 1):
+
+    def evaluate(it: int) -> tuple[Any, Tensor]:
         v = rotate(dr, opt["rv"], base) + opt["t"] + shift
         params["obj.vertex_positions"] = dr.ravel(v)
         params.update()
         img = mi.render(scene, params, seed=it)
-        loss = dr.mean(dr.square(img - target).array)
         x = pose(np.asarray(opt["rv"]).ravel(), np.asarray(opt["t"]).ravel(), x0)
-        running = stop.update(x, torch.tensor([float(np.asarray(loss).ravel()[0])]))
-        if it in SNAPSHOTS:
-            snaps[it] = stop.best_x.clone()
-        if not running or it == int(b.max_iterations):
-            break
-        dr.backward(loss)
-        opt.step()
-    return OptimResult(stop.best_x, stop.steps.clamp(max=int(b.max_iterations)), time.perf_counter() - start,
-                       fill(snaps, stop.best_x, int(b.max_iterations)))
+        return dr.mean(dr.square(img - target).array), x
+
+    return adam_loop(opt, evaluate, x0, b)
 
 
 def pose(rv: np.ndarray, t: np.ndarray, x0: Tensor) -> Tensor:
@@ -87,7 +78,4 @@ def pose(rv: np.ndarray, t: np.ndarray, x0: Tensor) -> Tensor:
 
 def optimise(task: Any, y: Tensor, ctx: dict[str, Any], x0: Tensor, cfg: DictConfig) -> OptimResult:
     """The batch one silhouette at a time (each has its own mesh and Adam state)."""
-    results = [solve_one(task, y[i : i + 1], ctx["mesh"][i], x0[i : i + 1], cfg) for i in range(len(y))]
-    snaps = {k: torch.cat([r.snapshots[k] for r in results]) for k in results[0].snapshots}
-    return OptimResult(torch.cat([r.x for r in results]).to(x0.device), torch.cat([r.steps for r in results]),
-                       sum(r.seconds for r in results), snaps)
+    return per_sample(lambda i: solve_one(task, y[i : i + 1], ctx["mesh"][i], x0[i : i + 1], cfg), len(y), x0.device)

@@ -35,13 +35,9 @@ class PoseTask(Task):
         super().__init__(cfg)
         t = cfg.task
         self.camera = Camera(int(t.size), float(t.focal), float(t.distance))
-        self.train_meshes = [str(m) for m in t.train_meshes]
-        self.test_meshes = [str(m) for m in t.test_meshes]
-        meshes.check_disjoint(self.train_meshes, self.test_meshes)
-        self.procedural = int(t.procedural)
+        self.objects = meshes.ObjectSplit.from_config(t)
         self._space = QuaternionTranslation(-float(t.translation_bound), float(t.translation_bound),
                                             frame=str(t.rotation_frame))
-        self.user_meshes: list[str] | None = None
 
     # --- physics -----------------------------------------------------------------------------
     @property
@@ -62,11 +58,7 @@ class PoseTask(Task):
 
     # --- data ----------------------------------------------------------------------------------
     def names(self, split: str) -> list[str]:
-        if split in ("train", "val"):
-            return self.train_meshes + meshes.procedural(self.procedural)
-        if split == "test":
-            return self.user_meshes or self.test_meshes
-        raise ValueError(f"split must be train, val or test, got {split!r}")
+        return self.objects.names(split)
 
     def random_poses(self, n: int, gen: torch.Generator) -> Tensor:
         """Rotation about a uniform random axis by |angle| in [min, max] deg; offset uniform in +-range per axis."""
@@ -94,7 +86,7 @@ class PoseTask(Task):
     def describe_data(self, split: str) -> str:
         t = self.cfg.task
         objs = self.names(split)
-        where = "user meshes" if split == "test" and self.user_meshes else "pybullet_data"
+        where = self.objects.source(split)
         return (f"{len(objs)} {split} objects ({where}); rotation {t.min_angle_deg}-{t.max_angle_deg} deg about a "
                 f"random axis, offset +-{t.translation_range} per axis; {t.size}x{t.size} silhouettes")
 
@@ -137,7 +129,7 @@ class PoseTask(Task):
 
     def apply_cli_options(self, args: argparse.Namespace, command: str) -> None:
         if command == "bench" and getattr(args, "meshes", None):
-            self.user_meshes = mesh_folder(args.meshes, meshes.mesh)
+            self.objects.user = mesh_folder(args.meshes, meshes.mesh)
 
     def load_observation(self, args: argparse.Namespace) -> Batch:
         name = str(Path(args.mesh).resolve())

@@ -60,7 +60,7 @@ def test_a_sphere_lit_from_the_camera_is_brighter_at_its_centre_than_at_its_rim(
 def test_the_object_split_is_the_pose_tasks(task):
     pose = registry.task_class("pose")
     cfg = load_config(pose, [])
-    assert task.train_meshes == list(cfg.task.train_meshes) and task.test_meshes == list(cfg.task.test_meshes)
+    assert task.objects.train == list(cfg.task.train_meshes) and task.objects.test == list(cfg.task.test_meshes)
     assert not set(task.names("train")) & set(task.names("test"))
 
 

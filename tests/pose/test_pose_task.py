@@ -45,10 +45,10 @@ def fbsolve(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 # --- data ---------------------------------------------------------------------------------------------------
 def test_split_is_by_object_and_sampling_is_deterministic(task, test_batch):
     assert not set(task.names("train")) & set(task.names("test"))
-    assert set(test_batch.ctx["mesh"]) <= set(task.test_meshes) and len(set(test_batch.ctx["mesh"])) >= 4
+    assert set(test_batch.ctx["mesh"]) <= set(task.objects.test) and len(set(test_batch.ctx["mesh"])) >= 4
     again = task.sample(40, "test", 0)
     assert torch.equal(again.x, test_batch.x) and torch.equal(again.y, test_batch.y)
-    assert len(set(task.train_meshes)) >= 12 and len(task.test_meshes) >= 4
+    assert len(set(task.objects.train)) >= 12 and len(task.objects.test) >= 4
 
 
 def test_poses_follow_the_seed_distribution(task):
@@ -59,7 +59,7 @@ def test_poses_follow_the_seed_distribution(task):
 
 
 def test_every_test_object_is_in_view_at_the_extremes(task):
-    names = task.test_meshes
+    names = task.objects.test
     x = task.initial(task.sample(1, "test", 0)).repeat(len(names), 1)
     x[:, 4:] = torch.tensor([0.2, -0.2, 0.2])
     masks = task.forward(x, {"mesh": names})
