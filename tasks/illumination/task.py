@@ -45,6 +45,7 @@ class IlluminationTask(Task):
         self.camera = Camera(int(t.size), float(t.focal), float(t.distance))
         self.objects = meshes.ObjectSplit.from_config(t)
         self.light = str(t.light)
+        self.every_light = False  # bench without --light: both settings
         if self.light not in KINDS:
             raise ValueError(f"task.light must be one of {KINDS}, got {self.light!r}")
 
@@ -59,7 +60,7 @@ class IlluminationTask(Task):
 
     def settings(self) -> list[Task]:
         """Both light kinds, unless --light chose one."""
-        return [self.for_light(k) for k in KINDS] if self.cfg.task.get("both", False) else [self]
+        return [self.for_light(k) for k in KINDS] if self.every_light else [self]
 
     @property
     def report_name(self) -> str:
@@ -207,7 +208,7 @@ class IlluminationTask(Task):
         if light:
             self.light = self.cfg.task.light = light
         elif command == "bench":
-            self.cfg.task.both = True
+            self.every_light = True
         if command == "bench" and getattr(args, "meshes", None):
             self.objects.user = mesh_folder(args.meshes, meshes.mesh)
 

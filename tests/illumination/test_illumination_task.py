@@ -100,6 +100,19 @@ def test_metrics_and_outliers(task):
     assert task.is_outlier({"light_mse": torch.tensor([0.05, 0.2])}).tolist() == [False, True]
 
 
+def test_bench_runs_both_light_kinds_unless_one_is_named():
+    import argparse
+
+    every = make("point")
+    every.apply_cli_options(argparse.Namespace(light=None, meshes=None), "bench")
+    assert [t.report_name for t in every.settings()] == ["illumination_point", "illumination_directional"]
+    assert [t.checkpoint_dir.name for t in every.settings()] == ["point", "directional"]
+    one = make("point")
+    one.apply_cli_options(argparse.Namespace(light="directional", meshes=None), "bench")
+    assert [t.report_name for t in one.settings()] == ["illumination_directional"]
+    assert one.space.r_min == one.space.r_max == 1.0
+
+
 # --- bad input ---------------------------------------------------------------------------------------------------
 def test_a_light_off_the_domain_is_refused_by_name(task, sphere):
     ctx = {"mesh": [sphere], "rotation": torch.tensor([[0.0, 0.0, 0.0, 1.0]])}
