@@ -179,13 +179,13 @@ def test_shipped_solver_beats_regression_and_damping_never_raises_the_energy(lig
     reg = load_solver(task, "regression").init(batch.y, batch.ctx)
     m_fb, m_reg = task.metrics(fb.x, batch.x, {})["light_mse"], task.metrics(reg, batch.x, {})["light_mse"]
     assert m_fb.median() < m_reg.median() and m_fb.mean() < m_reg.mean()
-    # the shipped figures on these 40 test samples (README), with some slack
+    # shipped figures on these 40 samples: point median 0.00013 / mean 0.175, directional 3.8e-05 / 0.0123
     bar = FIGURES[light]
     assert m_fb.median() < bar["median"] and m_fb.mean() < bar["mean"], (m_fb.median(), m_fb.mean())
     assert (fb.trace.energies().diff(dim=1) <= 0).all()
 
 
-FIGURES = {"point": {"median": 0.002, "mean": 0.25}, "directional": {"median": 1.0, "mean": 1.0}}
+FIGURES = {"point": {"median": 0.002, "mean": 0.25}, "directional": {"median": 0.001, "mean": 0.03}}
 
 
 def test_cli_solve_writes_the_light_and_the_side_by_side_render(tmp_path, sphere):
