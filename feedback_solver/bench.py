@@ -182,8 +182,8 @@ def run_bench(task: Task, cfg: DictConfig, out: str | os.PathLike, methods: list
     batch = task.sample(samples, "test", seed)  # every rank draws the same set, then works on its own chunks
     subset = batch.index(slice(0, min(cfg.bench.slow_samples, len(batch))))
     metric = primary_metric(task, cfg, batch)
-    result: dict[str, Any] = {"task": task.name, "report": task.report_name, "data": f"{task.describe_data('test')}; {len(batch)} samples",
-                              "seed": seed, "command": command, "ranks": dist.world_size,
+    result: dict[str, Any] = {"task": task.name, "report": task.report_name,
+                              "data": f"{task.describe_data('test')}; {len(batch)} samples", "seed": seed, "command": command, "ranks": dist.world_size,
                               "primary_metric": metric, "methods": {}}
     sub: dict[str, Any] = {"samples": len(subset), "note": f"the first {len(subset)} test samples: slow baselines "
                            "and `feedback` on the same samples, so time ratios compare like with like", "methods": {}}

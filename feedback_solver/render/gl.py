@@ -86,13 +86,10 @@ class SilhouetteRenderer:
         if key not in self.nodes:
             self.nodes[key] = self.scene.add(self.pyrender.Mesh.from_trimesh(mesh, smooth=False))
 
-    def object_to_camera(self, poses: Tensor) -> np.ndarray:
-        return object_to_camera(poses, self.camera.distance)
-
     def render_array(self, keys: Sequence[Hashable], poses: Tensor) -> np.ndarray:
         """(B, S, S) booleans: compact, so worker processes send little back."""
         check_keys(keys, poses, self.nodes)
-        mats = self.object_to_camera(poses)
+        mats = object_to_camera(poses, self.camera.distance)
         out = np.empty((len(keys), self.camera.size, self.camera.size), dtype=bool)
         flags = self.pyrender.RenderFlags.SEG
         for i, key in enumerate(keys):

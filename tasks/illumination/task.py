@@ -44,12 +44,16 @@ class IlluminationTask(Task):
         t = cfg.task
         self.camera = Camera(int(t.size), float(t.focal), float(t.distance))
         self.objects = meshes.ObjectSplit.from_config(t)
-        self.light = str(t.light)
+        if str(t.light) not in KINDS:
+            raise ValueError(f"task.light must be one of {KINDS}, got {t.light!r}")
         self.every_light = False  # bench without --light: both settings
-        if self.light not in KINDS:
-            raise ValueError(f"task.light must be one of {KINDS}, got {self.light!r}")
 
     # --- settings ------------------------------------------------------------------------------
+    @property
+    def light(self) -> str:
+        """The light kind, read from the config (the one place it is kept; --light writes it there)."""
+        return str(self.cfg.task.light)
+
     def for_light(self, light: str) -> "IlluminationTask":
         """The same task for another light kind (its own space, checkpoints and report)."""
         cfg = copy.deepcopy(self.cfg)
@@ -206,7 +210,7 @@ class IlluminationTask(Task):
     def apply_cli_options(self, args: argparse.Namespace, command: str) -> None:
         light = getattr(args, "light", None)
         if light:
-            self.light = self.cfg.task.light = light
+            self.cfg.task.light = light
         elif command == "bench":
             self.every_light = True
         if command == "bench" and getattr(args, "meshes", None):

@@ -18,6 +18,7 @@ from PIL import Image
 from feedback_solver import registry
 from feedback_solver.bench import load_solver
 from feedback_solver.config import load_config
+from feedback_solver.problem import Batch
 from tasks.illumination.task import read_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,7 +49,7 @@ def fbsolve(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 # --- forward model and data -----------------------------------------------------------------------------------
 def test_a_sphere_lit_from_the_camera_is_brighter_at_its_centre_than_at_its_rim(task, sphere):
-    x = task.initial(task.sample(1, "test", 0))[:1]
+    x = task.initial(Batch(torch.zeros(1, 3, 1, 1)))
     img = task.forward(x, {"mesh": [sphere], "rotation": torch.tensor([[0.0, 0.0, 0.0, 1.0]])})[0].mean(0)
     c = task.camera.size // 2
     rim = int(task.camera.focal / np.sqrt(task.camera.distance**2 - 1) * 0.9)  # 90 % of the disc's radius
@@ -156,7 +157,7 @@ def test_cli_names_a_mesh_that_does_not_load_and_a_missing_light_kind(tmp_path):
     assert proc.returncode == 2 and "--light" in proc.stderr
 
 
-def test_a_checkpoint_of_the_other_light_kind_is_refused(tmp_path):
+def test_a_checkpoint_of_the_other_light_kind_is_refused():
     other = CKPT / "directional" / "feedback.safetensors"
     if not other.exists():
         pytest.skip("no shipped directional checkpoint")
@@ -167,6 +168,9 @@ def test_a_checkpoint_of_the_other_light_kind_is_refused(tmp_path):
 # --- shipped checkpoints -----------------------------------------------------------------------------------------
 def shipped(light: str) -> bool:
     return all((CKPT / light / f"{v}.safetensors").exists() for v in ("feedback", "regression"))
+
+
+FIGURES = {"point": {"median": 0.002, "mean": 0.25}, "directional": {"median": 0.001, "mean": 0.03}}
 
 
 @pytest.mark.parametrize("light", ["point", "directional"])
@@ -184,8 +188,6 @@ def test_shipped_solver_beats_regression_and_damping_never_raises_the_energy(lig
     assert m_fb.median() < bar["median"] and m_fb.mean() < bar["mean"], (m_fb.median(), m_fb.mean())
     assert (fb.trace.energies().diff(dim=1) <= 0).all()
 
-
-FIGURES = {"point": {"median": 0.002, "mean": 0.25}, "directional": {"median": 0.001, "mean": 0.03}}
 
 
 def test_cli_solve_writes_the_light_and_the_side_by_side_render(tmp_path, sphere):
