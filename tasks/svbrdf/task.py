@@ -1,0 +1,188 @@
+"""Single-image SVBRDF capture (Luo et al. 2024): four material maps of a flat sample from one flash photo.
+
+x: maps (B, 9, H, W) in the conventions of `tasks.svbrdf.render` (diffuse 3 and specular 3 in gamma space, roughness
+1, normal x/y 2); y: the flash photo (B, 3, H, W) in [0, 1]. Training data are procedural materials (64 px crops);
+the test sets are held-out procedural materials and the gk/fantasy texture sets of Debian's cube2-data, at 256 px.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from feedback_solver.problem import Batch, Task
+from feedback_solver.spaces import Maps
+from tasks.svbrdf import photos, procedural, render
+from tasks.svbrdf.nets import MapUpdate, UNetInitializer
+
+#: the procedural generator's seed ranges per split (data seeds are < 2^31, so the splits never share a material)
+SPLIT_KEYS = {"train": 0, "val": 1, "test": 2}
+DATA = ("procedural", "real")
+LOW = [0.0] * 6 + [render.MIN_ROUGHNESS, -1.0, -1.0]
+HIGH = [1.0] * 9
+MAP_SLICES = {"diffuse": slice(0, 3), "specular": slice(3, 6), "roughness": slice(6, 7)}
+
+
+class SVBRDFTask(Task):
+    """Maps from a flash photo through the differentiable Cook-Torrance renderer; `settings()` gives both test sets."""
+
+    name = "svbrdf"
+    differentiable = True
+
+    def __init__(self, cfg: DictConfig):
+        super().__init__(cfg)
+        if str(cfg.task.data) not in DATA:
+            raise ValueError(f"task.data must be one of {DATA}, got {cfg.task.data!r}")
+        self.every_set = False  # bench without --data: both test sets
+        self.materials_dir: Path | None = None  # bench --materials DIR: a user's folder of map sets
+        self._space = Maps(LOW, HIGH)
+
+    # --- settings --------------------------------------------------------------------------------
+    @property
+    def data(self) -> str:
+        return str(self.cfg.task.data)
+
+    def for_data(self, data: str) -> "SVBRDFTask":
+        cfg = copy.deepcopy(self.cfg)
+        cfg.task.data = data
+        other = type(self)(cfg)
+        other.materials_dir = self.materials_dir
+        return other
+
+    def settings(self) -> list[Task]:
+        return [self.for_data(d) for d in DATA] if self.every_set else [self]
+
+    @property
+    def report_name(self) -> str:
+        return f"{self.name}_{self.data}"
+
+    # --- physics ---------------------------------------------------------------------------------
+    @property
+    def space(self) -> Maps:
+        return self._space
+
+    def forward(self, x: Tensor, ctx: dict[str, Any]) -> Tensor:
+        """The flash photo of the maps (camera and flash co-located above the sample's centre)."""
+        return render.flash_photo(x)
+
+    # --- data ------------------------------------------------------------------------------------
+    def sample(self, n: int, split: str, seed: int) -> Batch:
+        t = self.cfg.task
+        if split == "test" and self.data == "real":
+            x, names = photos.real_maps(int(t.size), n, seed, self.materials_dir, int(t.crops_per_material))
+        else:
+            size = int(t.size) if split == "test" else int(t.crop)
+            key = SPLIT_KEYS[split] * 2**31 + int(seed)
+            x = procedural.generate(n, size, key)
+            names = [f"procedural/{split}/{seed}/{k}" for k in range(n)]
+        gen = torch.Generator().manual_seed(int(seed) + 7919 * SPLIT_KEYS[split])
+        light, view = render.random_pairs(len(x), int(t.loss_pairs.diffuse), int(t.loss_pairs.specular), gen)
+        ctx = {"light": light, "view": view, "material": names}
+        return Batch(self.forward(x, ctx), x, ctx)
+
+    def initial(self, batch: Batch) -> Tensor:
+        """Constant maps (mid-grey diffuse, low grey specular, medium roughness, flat): the start without the U-Net."""
+        b, _, h, w = batch.y.shape
+        const = torch.tensor([0.5] * 3 + [0.2] * 3 + [0.5, 0.0, 0.0], device=batch.y.device)
+        return const.view(1, 9, 1, 1).expand(b, 9, h, w).clone()
+
+    def describe_data(self, split: str) -> str:
+        t = self.cfg.task
+        if split == "test" and self.data == "real":
+            src = str(self.materials_dir) if self.materials_dir else "gk/fantasy texture sets of Debian's cube2-data"
+            return f"{src}, {t.crops_per_material} crops per material, {t.size}x{t.size} flash photos"
+        size = t.size if split == "test" else t.crop
+        return f"procedural materials ({split} split, never seen in training), {size}x{size} flash photos"
+
+    # --- evaluation ------------------------------------------------------------------------------
+    def renders(self, x: Tensor) -> Tensor:
+        """Photos of the maps under the evaluation's light/view pairs: (B, K, 3, H, W), the same K for every method."""
+        t = self.cfg.task
+        light, view = render.quad_pairs(int(t.eval_pairs), int(t.eval_seed), x.device)
+        b = x.shape[0]
+        return render.to_photo(render.shade(x, light.expand(b, -1, -1), view.expand(b, -1, -1)))
+
+    def metrics(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any]) -> dict[str, Tensor]:
+        """RMSE of each map (albedos in gamma space, normals as unit vectors / 2) and of re-renders; render LPIPS."""
+        out = {f"{k}_rmse": rmse(x_pred[:, s], x_true[:, s]) for k, s in MAP_SLICES.items()}
+        out["normal_rmse"] = rmse(render.decode(x_pred)[3] / 2, render.decode(x_true)[3] / 2)
+        out |= self.render_metrics(x_pred, x_true)
+        return out
+
+    @torch.no_grad()
+    def render_metrics(self, x_pred: Tensor, x_true: Tensor, lpips: bool = True) -> dict[str, Tensor]:
+        """Render RMSE and LPIPS averaged over the evaluation pairs, in chunks to bound memory."""
+        rm, lp = [], []
+        for lo in range(0, len(x_pred), 4):
+            a, b = self.renders(x_pred[lo:lo + 4]), self.renders(x_true[lo:lo + 4])
+            rm.append((a - b).pow(2).flatten(2).mean(2).sqrt().mean(1))
+            if lpips:
+                from feedback_solver.lpips import lpips_alex
+
+                net = lpips_alex()
+                lp.append(net(a.flatten(0, 1), b.flatten(0, 1)).view(a.shape[0], a.shape[1]).mean(1))
+        out = {"render_rmse": torch.cat(rm)}
+        if lpips:
+            out["render_lpips"] = torch.cat(lp)
+        return out
+
+    def curve_metric(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any], name: str) -> Tensor:
+        """Curves plot render RMSE alone (LPIPS at every step would dominate the benchmark's time)."""
+        if name == "render_rmse":
+            return self.render_metrics(x_pred, x_true, lpips=False)[name]
+        return self.metrics(x_pred, x_true, ctx)[name]
+
+    def loss(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any]) -> Tensor:
+        """Log-L1 of renders under the batch's random light/view pairs (Deschaintre et al.), plus a small map L1."""
+        light, view = ctx["light"].to(x_pred), ctx["view"].to(x_pred)
+        a, b = render.shade(x_pred, light, view), render.shade(x_true, light, view)
+        loss = (torch.log(a + 0.01) - torch.log(b + 0.01)).abs().mean()
+        return loss + float(self.cfg.task.map_weight) * (x_pred - x_true).abs().mean()
+
+    # --- learned parts -----------------------------------------------------------------------------
+    def make_update(self, inputs: list[str], model: DictConfig) -> nn.Module:
+        return MapUpdate(inputs, int(model.hidden), int(model.stride), float(model.step), float(model.grad_scale))
+
+    def make_initializer(self, model: DictConfig) -> nn.Module:
+        return UNetInitializer(list(model.unet_channels))
+
+    # --- command line ------------------------------------------------------------------------------
+    @classmethod
+    def add_cli_options(cls, parser: argparse.ArgumentParser, command: str) -> None:
+        if command == "solve":
+            parser.add_argument("--image", required=True, help="a flash photo of a flat material (RGB, 8 bit)")
+            parser.add_argument("--size", type=int, default=None,
+                                help="solve at this side in pixels (default: task.size); the photo's centre square "
+                                     "is resized to it")
+        if command == "bench":
+            parser.add_argument("--data", choices=DATA, help="one test set (default: both)")
+            parser.add_argument("--materials", help="folder of real material map sets, one subfolder per material")
+
+    def apply_cli_options(self, args: argparse.Namespace, command: str) -> None:
+        if command != "bench":
+            if getattr(args, "size", None):
+                self.cfg.task.size = int(args.size)
+            return
+        if getattr(args, "materials", None):
+            self.materials_dir = Path(args.materials)
+            self.cfg.task.data = "real"
+        elif getattr(args, "data", None):
+            self.cfg.task.data = args.data
+        else:
+            self.every_set = True
+
+    def load_observation(self, args: argparse.Namespace) -> Batch:
+        y = photos.read_photo(args.image, int(self.cfg.task.size))
+        return Batch(y, None, {"material": [str(args.image)]})
+
+    def write_solution(self, x: Tensor, batch: Batch, args: argparse.Namespace) -> list[Path]:
+        return photos.write_maps(x, batch.y, Path(args.out), self)
+
+
+def rmse(a: Tensor, b: Tensor) -> Tensor:
+    return (a - b).pow(2).flatten(1).mean(1).sqrt()

@@ -1,0 +1,182 @@
+"""The SVBRDF task: renderer against a hand computation, gradients, the maps space, data, bad photos, the CLI."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from feedback_solver.acceptance import LMDamping
+from feedback_solver.config import load_config
+from feedback_solver.feedback import energy_gradient
+from tasks.svbrdf import photos, render
+from tasks.svbrdf.task import SVBRDFTask
+
+CHECKPOINTS = Path(__file__).resolve().parents[2] / "tasks" / "svbrdf" / "checkpoints"
+
+
+@pytest.fixture(scope="module")
+def task() -> SVBRDFTask:
+    return SVBRDFTask(load_config(SVBRDFTask))
+
+
+def test_renderer_matches_a_hand_computed_pixel():
+    x = torch.zeros(1, 9, 2, 2)
+    x[:, 0:3], x[:, 3:6], x[:, 6] = 0.5, 0.2, 0.5  # flat normal
+    cam = render.camera_position(1)
+    got = render.shade(x, cam, cam)[0, 0, :, 0, 0]  # top-left texel, centre at (-0.5, 0.5, 0)
+    d2 = 0.5**2 + 0.5**2 + render.CAMERA_HEIGHT**2
+    cos = render.CAMERA_HEIGHT / math.sqrt(d2)  # l = v = h, n = z
+    alpha = 0.5**2
+    a2 = alpha**2
+    dist = a2 / (math.pi * (cos**2 * (a2 - 1) + 1) ** 2)
+    k = alpha / 2
+    geo = (cos / (cos * (1 - k) + k)) ** 2
+    fresnel = 0.2**2.2  # v.h = 1
+    brdf = 0.5**2.2 / math.pi + dist * geo * fresnel / (4 * cos * cos)
+    expected = brdf * render.FLASH_INTENSITY * cos / d2
+    assert torch.allclose(got, torch.full((3,), expected), rtol=1e-5)
+
+
+def test_flash_photo_is_brightest_under_the_flash_and_in_range():
+    x = torch.zeros(1, 9, 32, 32)
+    x[:, 0:3], x[:, 3:6], x[:, 6] = 0.6, 0.1, 0.8
+    y = render.flash_photo(x)[0, 0]
+    assert 0 <= float(y.min()) and float(y.max()) <= 1
+    assert y[15:17, 15:17].mean() > y[0, 0] and y[15:17, 15:17].mean() > y[-1, -1]
+
+
+def test_a_normal_leaning_right_faces_the_flash_on_the_left_edge():
+    """At the left edge the flash lies towards +x: nx > 0 turns the surface to it there, and away on the right."""
+    flat = torch.zeros(1, 9, 16, 16)
+    flat[:, 0:3], flat[:, 6] = 0.6, 1.0
+    tilted = flat.clone()
+    tilted[:, 7] = 0.3
+    cam = render.camera_position(1)
+    a, b = render.shade(flat, cam, cam)[0, 0, 0], render.shade(tilted, cam, cam)[0, 0, 0]
+    assert (b[:, 0] > a[:, 0]).all() and (b[:, -1] < a[:, -1]).all()
+
+
+def test_energy_gradients_are_finite_at_the_box_edges(task):
+    batch = task.sample(2, "val", 0)
+    x = batch.x.clone()
+    x[0, 6], x[0, 3:6], x[1, 7:9] = render.MIN_ROUGHNESS, 0.0, 1.0
+    grad, _ = energy_gradient(task, task.initial(batch), batch.y, batch.ctx)
+    assert grad.shape == x.shape and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    grad, _ = energy_gradient(task, x * 0.9 + 0.05, batch.y, batch.ctx)
+    assert torch.isfinite(grad).all()
+    x.requires_grad_(True)
+    loss = task.loss(x, batch.x, batch.ctx)
+    loss.backward()
+    assert torch.isfinite(x.grad).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(-5, 5), st.integers(0, 2**16))
+def test_retract_keeps_maps_in_their_ranges(task, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = task.space.project(torch.rand(2, 9, 8, 8, generator=g) * 2 - 0.5)
+    dx = torch.randn(2, 9, 8, 8, generator=g) * scale
+    out = task.space.retract(x, dx)
+    assert (out >= task.space.low).all() and (out <= task.space.high).all()
+
+
+def test_damping_on_maps_never_raises_the_energy(task):
+    batch = task.sample(3, "val", 1)
+    x = task.initial(batch)
+    e = task.energy(task.forward(x, batch.ctx), batch.y)
+    dx = torch.randn_like(x) * 0.5
+    acc = LMDamping(3)(task, x, dx, batch.y, batch.ctx, e, task.forward(x, batch.ctx))
+    assert (acc.energy <= e + 1e-7).all() and acc.x.shape == x.shape
+
+
+def test_samples_are_deterministic_and_splits_differ(task):
+    a, b = task.sample(2, "train", 5), task.sample(2, "train", 5)
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and torch.equal(a.ctx["light"], b.ctx["light"])
+    assert a.x.shape == (2, 9, 64, 64) and a.y.shape == (2, 3, 64, 64)
+    assert not torch.equal(task.sample(2, "val", 5).x, a.x)
+    assert a.ctx["light"].shape == (2, 9, 3)
+
+
+def test_metrics_are_zero_for_the_truth_and_grow_with_error(task):
+    batch = task.sample(2, "val", 2)
+    zero = task.metrics(batch.x, batch.x, batch.ctx)
+    assert set(zero) == {"diffuse_rmse", "specular_rmse", "roughness_rmse", "normal_rmse", "render_rmse",
+                         "render_lpips"}
+    assert all(float(v.abs().max()) < 1e-5 for v in zero.values())
+    worse = task.metrics(task.space.project(batch.x + 0.2), batch.x, batch.ctx)
+    assert (worse["render_rmse"] > 0.01).all() and (worse["diffuse_rmse"] > 0.1).all()
+
+
+def write_png(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:
+    (Image.fromarray(arr, mode) if mode else Image.fromarray(arr)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("text", "is not an image"),
+    ("gray", "grayscale"),
+    ("16bit", "16-bit"),
+    ("small", "at least 64x64"),
+    ("white", "saturated"),
+    ("black", "black"),
+])
+def test_bad_photos_are_refused_with_a_clear_message(tmp_path, kind, message):
+    rng = np.random.default_rng(0)
+    rgb = (rng.random((96, 96, 3)) * 200).astype(np.uint8)
+    if kind == "text":
+        path = tmp_path / "a.png"
+        path.write_text("not a png")
+    elif kind == "gray":
+        path = write_png(tmp_path / "a.png", rgb[..., 0])
+    elif kind == "16bit":
+        path = tmp_path / "a.png"
+        Image.fromarray((rng.random((96, 96)) * 60000).astype(np.uint16)).save(path)
+    elif kind == "small":
+        path = write_png(tmp_path / "a.png", rgb[:40, :40])
+    elif kind == "white":
+        path = write_png(tmp_path / "a.png", np.full((96, 96, 3), 255, np.uint8))
+    else:
+        path = write_png(tmp_path / "a.png", np.zeros((96, 96, 3), np.uint8))
+    with pytest.raises(ValueError, match=message):
+        photos.read_photo(path, 64)
+
+
+def test_a_non_square_photo_is_centre_cropped_and_resized(tmp_path, capsys):
+    rgb = np.zeros((100, 160, 3), np.uint8)
+    rgb[:, 30:130] = 120  # the centre 100x100 square is grey, the margins black
+    y = photos.read_photo(write_png(tmp_path / "a.png", rgb), 64)
+    assert y.shape == (1, 3, 64, 64) and abs(float(y.mean()) - 120 / 255) < 0.01
+    assert "centre 100x100 square, resized to 64x64" in capsys.readouterr().out
+
+
+def test_a_partly_saturated_photo_warns(tmp_path):
+    rgb = np.full((96, 96, 3), 100, np.uint8)
+    rgb[:40] = 255
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        photos.read_photo(write_png(tmp_path / "a.png", rgb), 64)
+    assert any("saturated" in str(w.message) for w in caught)
+
+
+@pytest.mark.skipif(not (CHECKPOINTS / "feedback.safetensors").exists(), reason="no shipped checkpoint")
+def test_cli_solve_writes_every_file(tmp_path, task):
+    x = task.sample(1, "test", 3).x[:, :, :128, :96]  # a non-square photo
+    photo = render.flash_photo(x)[0].permute(1, 2, 0).numpy()
+    path = write_png(tmp_path / "photo.png", (photo * 255).round().astype(np.uint8))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "feedback_solver.cli", "solve", "svbrdf", "--image", str(path),
+                           "--size", "64", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("diffuse.png", "specular.png", "roughness.png", "normal.png", "input_vs_render.png", "relit.png"):
+        assert (out / name).is_file(), name
+    assert Image.open(out / "diffuse.png").size == (64, 64)
+    assert "centre 96x96 square" in proc.stdout
