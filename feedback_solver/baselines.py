@@ -33,6 +33,12 @@ def objective(task: Task, x: Tensor, y: Tensor, ctx: dict[str, Any], prior_weigh
     return energy if prior is None else energy + prior_weight * prior
 
 
+def scaled(value: Tensor, cfg: DictConfig) -> Tensor:
+    """The objective times baselines.energy_scale: Adam does not care, L-BFGS's tolerances do (a per-pixel mean
+    over a large image has gradients near its 1e-7 tolerance)."""
+    return value * float(cfg.baselines.energy_scale)
+
+
 class Stopper:
     """The seed's stopping rule per sample: at most N iterations, or stop after `patience` without improvement."""
 
@@ -90,13 +96,14 @@ def lbfgs_one(task: Task, y: Tensor, ctx: dict[str, Any], x0: Tensor, cfg: DictC
     b = cfg.baselines
     x = x0.detach().clone().requires_grad_(True)
     opt = torch.optim.LBFGS([x], lr=b.lbfgs.lr, max_iter=1, history_size=b.lbfgs.history_size,
-                            line_search_fn="strong_wolfe")
+                            line_search_fn="strong_wolfe", tolerance_grad=b.lbfgs.tolerance_grad,
+                            tolerance_change=b.lbfgs.tolerance_change)
     stop = Stopper(x0, b.patience, b.rel_tol)
     snaps: dict[int, Tensor] = {}
 
     def closure() -> Tensor:
         opt.zero_grad(set_to_none=True)
-        e = objective(task, x, y, ctx, b.prior_weight).sum()
+        e = scaled(objective(task, x, y, ctx, b.prior_weight), cfg).sum()
         e.backward()
         return e
 

@@ -241,14 +241,14 @@ def plan_jobs(task: Task, cfg: DictConfig, methods: list[str], batch: Batch, sub
     for m in methods:
         if m in LEARNED:
             variant, off, steps = LEARNED[m]
-            curve_steps = int(cfg.bench.get("curve_steps", 0)) if steps is None else 0
-            jobs.append((m, False, lambda v=variant, o=off, s=steps, c=curve_steps: run_learned(
-                task, load(v, no_damping=o), batch, fast, dist, s, c)))
+            jobs.append((m, False, lambda v=variant, o=off, s=steps: run_learned(
+                task, load(v, no_damping=o), batch, fast, dist, s)))
     slow = [m for m in methods if m in slow_methods(task)]
     if not slow:
         return jobs
     sub_fast = dist.chunks(len(subset), cfg.bench.batch_size)
-    jobs.append(("feedback", True, lambda: run_learned(task, load(), subset, sub_fast, dist)))
+    curve_steps = int(cfg.bench.curve_steps)  # the subset's feedback run also gives the long error-against-step curve
+    jobs.append(("feedback", True, lambda: run_learned(task, load(), subset, sub_fast, dist, None, curve_steps)))
     chunks = dist.chunks(len(subset), cfg.bench.slow_batch_size)
     for m in slow:
         jobs.append((m, True, lambda m=m: run_slow(task, m, subset, chunks, cfg, dist, load)))

@@ -104,7 +104,7 @@ def cmd_solve(args: argparse.Namespace, argv: list[str]) -> int:
     device = distributed.resolve_device(cfg.device)
     batch = task.load_observation(args)  # bad input fails first, before any checkpoint is read
     solver = load_solver(task, path=args.checkpoint).to(device)
-    res = solver.solve(batch.y.to(device), batch.to(device).ctx, args.steps)
+    res = solver.solve(batch.y.to(device), batch.to(device).ctx, args.steps, progress=True)
     energy = res.trace.energies()
     print(f"solved {len(batch)} observation(s) in {res.steps} steps, {res.seconds:.3f} s "
           f"(forward model {res.forward_seconds:.3f} s); E_data median {float(energy[:, 0].median()):.4g} -> "

@@ -45,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 500,  # samples per learned-solver call; ranks split the test set in whole chunks
         "slow_batch_size": 25,  # samples per optimiser call (Adam is batched; L-BFGS goes one by one anyway)
         "primary_metric": "",
-        "curve_steps": 0,  # > the trained steps: also run the learned solver this far for the error-against-step plot
+        "curve_steps": 0,  # > the trained steps: the subset's feedback run goes this far (error-against-step plot)
     },
     "baselines": {
         "max_iterations": 500,
@@ -53,7 +53,8 @@ DEFAULTS: dict[str, Any] = {
         "rel_tol": 1e-6,
         "prior_weight": 0.0,
         "adam": {"lr": 0.01},
-        "lbfgs": {"lr": 1.0, "history_size": 20},
+        "lbfgs": {"lr": 1.0, "history_size": 20, "tolerance_grad": 1e-7, "tolerance_change": 1e-9},  # torch's
+        "energy_scale": 1.0,  # L-BFGS minimises this x the energy (a per-pixel mean has gradients near its tolerance)
         "hybrid": "lbfgs",
         "start": "initial",  # initial: the task's constant start | initializer: the shipped solver's learned x0
     },

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from feedback_solver.acceptance import AlwaysAccept, LMDamping
 from feedback_solver.feedback import Feedback
@@ -80,7 +81,7 @@ class FeedbackSolver(nn.Module):
         return dx, h, fb
 
     @torch.no_grad()
-    def solve(self, y: Tensor, ctx: dict[str, Any], steps: int | None = None) -> SolveResult:
+    def solve(self, y: Tensor, ctx: dict[str, Any], steps: int | None = None, progress: bool = False) -> SolveResult:
         """Solve a batch; running past the trained number of steps repeats the last (or shared) stage."""
         steps = self.steps if steps is None else steps
         was_training = self.training
@@ -90,7 +91,7 @@ class FeedbackSolver(nn.Module):
         x = self.init(y, ctx)
         trace.init_seconds = time.perf_counter() - start
         h, y_t = None, None
-        for t in range(steps):
+        for t in tqdm(range(steps), desc="solve", disable=not progress, leave=False):
             start = time.perf_counter()
             dx, h, fb = self.propose(t, x, y, ctx, h, y_t)
             update_s = time.perf_counter() - start - fb.seconds

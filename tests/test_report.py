@@ -177,3 +177,23 @@ def test_minimal_result_without_subset_or_curves(tmp_path):
     md = paths["md"].read_text()
     assert "Subset" not in md and "Command" not in md and "takes" not in md
     assert paths["png"].read_bytes()[:8] == PNG_MAGIC
+
+
+def test_time_to_match_finds_the_first_iteration_at_the_learned_solvers_error(tmp_path):
+    from feedback_solver.bench import matches
+
+    curve = {"step": [0, 10, 20, 50], "mean": [0.3, 0.2, 0.09, 0.05], "median": [0.3, 0.2, 0.09, 0.05]}
+    methods = {"feedback": {"seconds_per_sample": 0.01, "primary_mean": 0.1, "curve": {"step": [], "mean": []}},
+               "adam": {"seconds_per_sample": 1.0, "max_steps": 100, "curve": curve},
+               "lbfgs": {"seconds_per_sample": 1.0, "max_steps": 50, "curve": curve | {"mean": [0.3] * 4}}}
+    got = matches(methods)
+    assert got["adam"]["iteration"] == 20
+    assert got["adam"]["seconds_per_sample"] == pytest.approx(0.2)  # 1 s over 100 iterations, 20 of them
+    assert got["adam"]["times_feedback"] == pytest.approx(20)
+    assert got["lbfgs"]["iteration"] is None and "never reached in 50" in got["lbfgs"]["note"]
+    result = {"task": "t", "primary_metric": "err", "methods": {},
+              "subset": {"samples": 2, "methods": {}, "match": got}}
+    from feedback_solver.report import render_markdown
+
+    text = render_markdown(result)
+    assert "Optimisers against feedback" in text and "| adam | 20 |" in text and "never reached" in text

@@ -9,7 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feedback_solver.spaces import Euclidean, QuaternionTranslation, Rotation6D, rotmat_to_sixd, sixd_to_rotmat
+from feedback_solver.spaces import (Euclidean, Maps, QuaternionTranslation, Rotation6D, rotmat_to_sixd,
+                                   sixd_to_rotmat)
 
 SETTINGS = settings(max_examples=25, deadline=None)
 seeds = st.integers(0, 2**31 - 1)
@@ -197,3 +198,28 @@ def test_quaternion_world_and_local_frames_act_on_the_camera_and_the_object_axes
     assert torch.allclose(roma.unitquat_to_rotmat(local[:, :4]), rot @ step, atol=1e-9)
     with pytest.raises(ValueError, match="local or world"):
         QuaternionTranslation(frame="camera")
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**16), st.floats(0.01, 10))
+def test_maps_retract_clamps_each_channel_to_its_own_box(seed, scale):
+    space = Maps([0.0, 0.02, -1.0], [1.0, 1.0, 1.0])
+    g = torch.Generator().manual_seed(seed)
+    x = space.project(torch.rand(2, 3, 5, 4, generator=g))
+    out = space.retract(x, torch.randn(2, 3, 5, 4, generator=g) * scale)
+    assert out.shape == x.shape
+    assert (out[:, 1] >= 0.02).all() and (out[:, 2] >= -1).all() and (out <= 1).all() and (out[:, 0] >= 0).all()
+    assert space.tangent_zeros(x).shape == x.shape
+
+
+def test_maps_distance_is_the_per_sample_rmse_and_check_names_the_shape():
+    space = Maps([0.0] * 2, [1.0] * 2)
+    a, b = torch.zeros(2, 2, 3, 3), torch.zeros(2, 2, 3, 3)
+    b[1] = 0.5
+    assert torch.allclose(space.distance(a, b), torch.tensor([0.0, 0.5]))
+    with pytest.raises(ValueError, match=r"\(B, 2, H, W\)"):
+        space.check(torch.zeros(2, 3, 4, 4))
+    with pytest.raises(ValueError, match="NaN"):
+        space.check(torch.full((1, 2, 2, 2), float("nan")))
+    with pytest.raises(ValueError, match="low < high"):
+        Maps([0.0, 1.0], [1.0, 1.0])

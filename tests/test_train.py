@@ -114,6 +114,9 @@ def test_joint_deep_and_final_supervision_losses(toy_task, fast_cfg, learned_ini
     first = 0 if learned_init else 1  # a constant start has no parameters to supervise
     assert torch.allclose(deep, torch.stack(per_state[first:]).mean())
     assert not torch.allclose(deep, final)
+    torch.manual_seed(0)
+    ends = phase_loss(solver, joint, batch, "ends")  # the start's and the last state's loss (Luo et al.)
+    assert torch.allclose(ends, per_state[0] + per_state[-1])
 
 
 def test_a_nets_auxiliary_outputs_add_the_tasks_auxiliary_loss(toy_task, fast_cfg, monkeypatch):
