@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch import Tensor, nn
 
+from feedback_solver.images import open_image
 from feedback_solver.problem import Batch, Task
 from feedback_solver.render import Camera, render_parallel
 from feedback_solver.render.mesh import mesh_folder
@@ -240,13 +241,7 @@ class IlluminationTask(Task):
 def read_image(path: str | Path, size: int) -> Tensor:
     """An RGB image of the trained size as a (1, 3, S, S) tensor in [0, 1]."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
-    try:
-        img = Image.open(path)
-        img.load()
-    except Exception as err:
-        raise ValueError(f"image {path} is not an image ({err})") from err
+    img = open_image(path, "image")
     if img.mode not in ("RGB", "RGBA"):
         raise ValueError(f"image {path} has mode {img.mode} ({len(img.getbands())} channel(s)); give an RGB image")
     if img.size != (size, size):

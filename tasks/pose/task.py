@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch import Tensor, nn
 
+from feedback_solver.images import open_image
 from feedback_solver.problem import Batch, Task
 from feedback_solver.render import Camera, SilhouetteRenderer, render_parallel, renderer
 from feedback_solver.render.mesh import mesh_folder
@@ -157,13 +158,7 @@ class PoseTask(Task):
 def read_silhouette(path: str | Path, size: int) -> Tensor:
     """A single-channel binary mask of the trained size, as a (1, 1, S, S) 0/1 tensor."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"silhouette {path} does not exist")
-    try:
-        img = Image.open(path)
-        img.load()
-    except Exception as err:
-        raise ValueError(f"silhouette {path} is not an image ({err})") from err
+    img = open_image(path, "silhouette")
     if img.mode not in ("1", "L", "I;16", "I", "P") and not (img.mode in ("RGB", "RGBA") and _grey(img)):
         raise ValueError(f"silhouette {path} has mode {img.mode}: give a single-channel binary mask")
     if img.size != (size, size):

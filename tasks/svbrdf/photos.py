@@ -11,6 +11,7 @@ from PIL import Image
 from torch import Tensor
 from torch.nn import functional as F
 
+from feedback_solver.images import open_image
 from tasks.svbrdf import materials, render
 
 if TYPE_CHECKING:
@@ -32,16 +33,10 @@ def real_maps(size: int, n: int, seed: int, folder: Path | None, crops: int) -> 
 def read_photo(path: str | Path, size: int) -> Tensor:
     """A flash photo as (1, 3, size, size) in [0, 1]: its centre square, area-resized to `size` (stated on stdout)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"photo {path} does not exist")
-    try:
-        img = Image.open(path)
-        img.load()
-    except Exception as err:
-        raise ValueError(f"{path} is not an image ({err})") from err
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F") or img.mode.startswith("I;16"):
+    img = open_image(path, "photo")
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
         raise ValueError(f"photo {path} is a {img.mode} (16-bit or float) image; give an 8-bit sRGB RGB photo")
-    if img.mode in ("L", "LA", "1", "P") and img.mode != "P":
+    if img.mode in ("L", "LA", "1"):
         raise ValueError(f"photo {path} is grayscale ({img.mode}); the solver needs an RGB flash photo")
     img = img.convert("RGB")
     w, h = img.size
