@@ -56,7 +56,7 @@ def load_solver(task: Task, variant: str = "feedback", path: str | os.PathLike |
     task.check_checkpoint(cfg, path)
     if no_damping:
         cfg.solver.damping.enabled = False
-    solver = build_solver(task, cfg)
+    solver = build_solver(task.for_checkpoint(cfg), cfg)
     load_weights(solver, tensors, str(path))
     return solver.eval()
 
@@ -146,6 +146,8 @@ def run_learned(task: Task, solver: FeedbackSolver, batch: Batch, chunks: list[s
                 steps: int | None = None, curve_steps: int = 0) -> Raw:
     """Solve this rank's chunks; time each call, and split out the forward model's share from the trace."""
     solver = solver.to(dist.device)
+    if solver.task is not task:  # a checkpoint that observes differently: its observations of the same x
+        batch = solver.task.observe(batch)
     if chunks:
         warm = batch.index(slice(chunks[0].start, chunks[0].start + 2)).to(dist.device)
         solver.solve(warm.y, warm.ctx, steps)  # warm-up: first calls allocate

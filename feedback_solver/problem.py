@@ -88,6 +88,11 @@ class Task:
         """Per-sample data term; mean squared residual unless the task says otherwise."""
         return (y_pred - y_obs).flatten(1).pow(2).mean(1)
 
+    def energy_parts(self, y_pred: Tensor, y_obs: Tensor) -> Tensor:
+        """Per-sample energy split into parts (B x N, e.g. one per input image) for the "gradients" feedback;
+        one part, the whole energy, unless the task says otherwise."""
+        return self.energy(y_pred, y_obs)[:, None]
+
     def prior(self, x: Tensor) -> Tensor | None:
         """Per-sample prior energy for the optimiser baselines, or None."""
         return None
@@ -151,6 +156,15 @@ class Task:
 
     def check_checkpoint(self, cfg: DictConfig, path: Path) -> None:
         """Refuse a checkpoint trained for another setting of this task (its config is `cfg`)."""
+
+    def for_checkpoint(self, cfg: DictConfig) -> "Task":
+        """The task a checkpoint's solver runs against: this one, unless the checkpoint observes differently (e.g.
+        several photos instead of one); `observe` then makes its observations from a test batch's true x."""
+        return self
+
+    def observe(self, batch: Batch) -> Batch:
+        """This task's observation of a batch drawn by another setting of the task (see `for_checkpoint`)."""
+        return batch
 
     # --- command line --------------------------------------------------------------------------
     @property

@@ -110,7 +110,7 @@ def test_gradient_feedback_is_finite_detached_and_matches_finite_differences(toy
     fd = finite_difference_gradient(toy_task, x.detach(), y)
     assert torch.allclose(grad, fd, rtol=1e-5, atol=1e-8)
     assert grad.abs().max() > 1e-3  # not trivially zero
-    g2, y_pred = energy_gradient(toy_task, x.detach(), y, {})
+    g2, y_pred, _ = energy_gradient(toy_task, x.detach(), y, {})
     assert torch.equal(g2, grad) and torch.allclose(y_pred, toy_task.forward(x.detach(), {}))
 
 

@@ -50,6 +50,7 @@ class UNetInitializer(nn.Module):
         self.head = nn.Sequential(block(ups[-1] + 5, 32), nn.Conv2d(32, 9, 3, 1, 1))
 
     def forward(self, y: Tensor, ctx: dict[str, Any], x0: Tensor) -> Tensor:
+        y = y[:, :3]  # with several photos, the first: the flash photo
         inp = torch.cat([y * 2 - 1, coords(y)], 1)
         skips, h = [inp], inp
         g = None
@@ -81,14 +82,15 @@ class MapUpdate(nn.Module):
     """conv 5x5 -> ConvGRU -> conv 3x3 -> ConvGRU -> conv 3x3 (tanh, 9 ch), per Luo et al.; `stride` 2 runs the first
     four at 1/stride resolution (CPU) and the last at full resolution on the upsampled features plus the inputs.
 
-    forward(fb, h) -> (dx, h): fb holds "x" (R_t) and, unless ablated, "gradient" (dE/dR_t); h the two GRU states.
+    forward(fb, h) -> (dx, h): fb holds "x" (R_t) and, unless ablated, "gradient" (dE/dR_t) or "gradients" (one
+    dE_k/dR_t per input photo k, Luo et al.'s multi-image model); h the two GRU states.
     """
 
     def __init__(self, inputs: list[str], hidden: int = 64, stride: int = 2, step: float = 0.5,
-                 grad_scale: float = 10.0):
+                 grad_scale: float = 10.0, parts: int = 1):
         super().__init__()
-        self.inputs = [k for k in ("x", "gradient") if k in inputs]
-        in_ch = 9 * len(self.inputs)
+        self.inputs = [k for k in ("x", "gradient", "gradients") if k in inputs]
+        in_ch = sum(9 * parts if k == "gradients" else 9 for k in self.inputs)
         self.stride, self.step, self.grad_scale = stride, step, grad_scale
         self.conv1 = nn.Conv2d(in_ch, hidden, 5, stride, 2)
         self.gru1 = ConvGRUCell(hidden, hidden)
@@ -102,9 +104,9 @@ class MapUpdate(nn.Module):
     def features(self, fb: dict[str, Tensor]) -> Tensor:
         parts = []
         for k in self.inputs:
-            v = fb[k]
+            v = fb[k].flatten(1, 2) if k == "gradients" else fb[k]  # (B, N, 9, H, W): one gradient per photo
             # dE/dR of a per-pixel mean energy shrinks with the pixel count: undo that, so any size reads the same
-            parts.append(compress(v * v.shape[2] * v.shape[3], self.grad_scale) if k == "gradient" else v)
+            parts.append(v if k == "x" else compress(v * v.shape[2] * v.shape[3], self.grad_scale))
         return torch.cat(parts, 1)
 
     def forward(self, fb: dict[str, Tensor], h: Any = None) -> tuple[Tensor, list[Tensor]]:

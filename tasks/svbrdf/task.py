@@ -66,9 +66,40 @@ class SVBRDFTask(Task):
     def space(self) -> Maps:
         return self._space
 
+    @property
+    def inputs(self) -> int:
+        """Photos per material: 1, the flash photo; N > 1 (feedback_multi), the camera and flash moved to N spots."""
+        return int(self.cfg.task.inputs)
+
     def forward(self, x: Tensor, ctx: dict[str, Any]) -> Tensor:
-        """The flash photo of the maps (camera and flash co-located above the sample's centre)."""
-        return render.flash_photo(x)
+        """The flash photo of the maps (camera and flash co-located above the sample's centre), or with N inputs the
+        N photos taken from `task.input_positions` at the same height, stacked as (B, 3N, H, W)."""
+        if self.inputs == 1:
+            return render.flash_photo(x)
+        spots = torch.tensor([list(p) for p in self.cfg.task.input_positions[: self.inputs]], dtype=x.dtype)
+        if len(spots) < self.inputs:
+            raise ValueError(f"task.inputs={self.inputs} but task.input_positions lists only {len(spots)} spots")
+        pos = torch.cat([spots, torch.full_like(spots[:, :1], render.CAMERA_HEIGHT)], 1).to(x.device)
+        pos = pos.expand(x.shape[0], -1, -1)
+        return render.to_photo(render.shade(x, pos, pos)).flatten(1, 2)
+
+    def energy_parts(self, y_pred: Tensor, y_obs: Tensor) -> Tensor:
+        """One squared-error part per input photo: the multi-image update net reads one gradient per photo."""
+        return (y_pred - y_obs).view(y_obs.shape[0], self.inputs, -1).pow(2).mean(2)
+
+    def for_checkpoint(self, cfg: DictConfig) -> "SVBRDFTask":
+        """A checkpoint trained on N photos runs against the N-photo task."""
+        if int(cfg.task.get("inputs", 1)) == self.inputs:
+            return self
+        other = self.for_data(self.data)
+        other.cfg.task.inputs = int(cfg.task.get("inputs", 1))
+        return other
+
+    def observe(self, batch: Batch) -> Batch:
+        """Photos of a batch's true maps as this task takes them (N photos for feedback_multi)."""
+        if batch.x is None:
+            raise ValueError(f"a solver trained on {self.inputs} photos needs {self.inputs} photos per material")
+        return Batch(self.forward(batch.x, batch.ctx), batch.x, batch.ctx)
 
     # --- data ------------------------------------------------------------------------------------
     def sample(self, n: int, split: str, seed: int) -> Batch:
@@ -146,7 +177,8 @@ class SVBRDFTask(Task):
 
     # --- learned parts -----------------------------------------------------------------------------
     def make_update(self, inputs: list[str], model: DictConfig) -> nn.Module:
-        return MapUpdate(inputs, int(model.hidden), int(model.stride), float(model.step), float(model.grad_scale))
+        return MapUpdate(inputs, int(model.hidden), int(model.stride), float(model.step), float(model.grad_scale),
+                         parts=self.inputs)
 
     def make_initializer(self, model: DictConfig) -> nn.Module:
         return UNetInitializer(list(model.unet_channels))
@@ -177,6 +209,9 @@ class SVBRDFTask(Task):
             self.every_set = True
 
     def load_observation(self, args: argparse.Namespace) -> Batch:
+        if self.inputs != 1:
+            raise ValueError("fbsolve solve svbrdf takes one flash photo (task.inputs=1); the multi-photo model "
+                             "is benchmarked on rendered inputs only")
         y = photos.read_photo(args.image, int(self.cfg.task.size))
         return Batch(y, None, {"material": [str(args.image)]})
 

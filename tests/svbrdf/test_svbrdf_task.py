@@ -72,9 +72,9 @@ def test_energy_gradients_are_finite_at_the_box_edges(task):
     batch = task.sample(2, "val", 0)
     x = batch.x.clone()
     x[0, 6], x[0, 3:6], x[1, 7:9] = render.MIN_ROUGHNESS, 0.0, 1.0
-    grad, _ = energy_gradient(task, task.initial(batch), batch.y, batch.ctx)
+    grad, _, _ = energy_gradient(task, task.initial(batch), batch.y, batch.ctx)
     assert grad.shape == x.shape and torch.isfinite(grad).all() and grad.abs().sum() > 0
-    grad, _ = energy_gradient(task, x * 0.9 + 0.05, batch.y, batch.ctx)
+    grad, _, _ = energy_gradient(task, x * 0.9 + 0.05, batch.y, batch.ctx)
     assert torch.isfinite(grad).all()
     x.requires_grad_(True)
     loss = task.loss(x, batch.x, batch.ctx)
@@ -198,3 +198,37 @@ def test_shipped_checkpoint_reaches_its_figures_on_a_fixed_sample(task):
     rmse_full, rmse_init = float(m_full["render_rmse"].mean()), float(m_init["render_rmse"].mean())
     assert rmse_full < SHIPPED["render_rmse"] and float(m_full["render_lpips"].mean()) < SHIPPED["render_lpips"]
     assert rmse_full < (1 - SHIPPED["gain"]) * rmse_init  # the update net improves on its initializer
+
+
+def test_multi_photo_forward_energy_parts_and_per_photo_gradients():
+    from feedback_solver.solver import build_solver
+
+    cfg = load_config(SVBRDFTask, variant="feedback_multi")
+    multi = SVBRDFTask(cfg)
+    batch = multi.sample(2, "val", 4)
+    assert batch.y.shape == (2, 15, 64, 64)
+    assert torch.allclose(batch.y[:, :3], render.flash_photo(batch.x), atol=1e-6)  # the first is the flash photo
+    assert not torch.allclose(batch.y[:, 3:6], batch.y[:, :3])
+    x = multi.initial(batch)
+    y_pred = multi.forward(x, batch.ctx)
+    parts = multi.energy_parts(y_pred, batch.y)
+    assert parts.shape == (2, 5) and torch.allclose(parts.mean(1), multi.energy(y_pred, batch.y))
+    grad, _, grads = energy_gradient(multi, x, batch.y, batch.ctx, per_part=True)
+    assert grads.shape == (2, 5, 9, 64, 64) and torch.allclose(grads.sum(1), 5 * grad, atol=1e-9, rtol=1e-4)
+    solver = build_solver(multi, cfg)
+    assert solver.solve(batch.y[:, :, :32, :32], batch.ctx, steps=2).x.shape == (2, 9, 32, 32)
+
+
+def test_a_multi_photo_checkpoint_is_benchmarked_on_its_own_photos_of_the_same_maps(task, tmp_path):
+    from feedback_solver.bench import load_solver, run_learned
+    from feedback_solver.checkpoints import save_model
+    from feedback_solver.distributed import Dist
+    from feedback_solver.solver import build_solver
+
+    cfg = load_config(SVBRDFTask, variant="feedback_multi")
+    save_model(tmp_path / "feedback_multi.safetensors", build_solver(SVBRDFTask(cfg), cfg), "svbrdf", cfg, {})
+    solver = load_solver(task, "feedback_multi", folder=tmp_path)
+    assert solver.task is not task and solver.task.inputs == 5
+    batch = task.sample(2, "val", 0)
+    raw = run_learned(task, solver, batch.index(slice(0, 2)), [slice(0, 2)], Dist(), steps=1)
+    assert raw.x.shape == batch.x.shape
