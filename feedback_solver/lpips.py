@@ -166,12 +166,18 @@ class LPIPS(nn.Module):
         if min(a.shape[-2:]) < MIN_SIZE:
             raise ValueError(f"LPIPS-alex needs images of at least {MIN_SIZE}x{MIN_SIZE} px, got {tuple(a.shape[-2:])}")
         n = a.shape[0]
-        dtype = self.shift.dtype
-        x = self.scale_input(torch.cat([a.to(dtype), b.to(dtype)]))
-        total = x.new_zeros(n)
-        for feat, lin in zip(self.features(x), self.lins):
-            diff = (_normalize(feat[:n]) - _normalize(feat[n:])) ** 2
-            total = total + lin(diff).mean(dim=(1, 2, 3))
+        feats = self.normalized(torch.cat([a, b]))
+        return self.distance([f[:n] for f in feats], [f[n:] for f in feats])
+
+    def normalized(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Unit-normalised features of images in [0, 1]: what `distance` compares (cache a fixed reference's)."""
+        return [_normalize(f) for f in self.features(self.scale_input(x.to(self.shift.dtype)))]
+
+    def distance(self, fa: list[torch.Tensor], fb: list[torch.Tensor]) -> torch.Tensor:
+        """Per-sample LPIPS from two images' `normalized` features."""
+        total = fa[0].new_zeros(fa[0].shape[0])
+        for a, b, lin in zip(fa, fb, self.lins):
+            total = total + lin((a - b) ** 2).mean(dim=(1, 2, 3))
         return total
 
 

@@ -155,8 +155,7 @@ class SVBRDFTask(Task):
             if lpips:
                 from feedback_solver.lpips import lpips_alex
 
-                net = lpips_alex()
-                lp.append(net(a.flatten(0, 1), b.flatten(0, 1)).view(a.shape[0], a.shape[1]).mean(1))
+                lp.append(lpips_alex()(a.flatten(0, 1), b.flatten(0, 1)).view(a.shape[0], a.shape[1]).mean(1))
         out = {"render_rmse": torch.cat(rm)}
         if lpips:
             out["render_lpips"] = torch.cat(lp)
