@@ -139,7 +139,8 @@ def cmd_demo(args: argparse.Namespace, argv: list[str]) -> int:
             continue
         quick = task.cfg.bench.demo_methods
         methods = ["--methods", ",".join(quick)] if quick else []
-        cmd_bench(parse(["bench", name, "--out", args.out, "--samples", str(args.samples), *methods]), argv)
+        samples = min(args.samples, int(task.cfg.bench.samples))  # never more than the task's own benchmark
+        cmd_bench(parse(["bench", name, "--out", args.out, "--samples", str(samples), *methods]), argv)
     return 0
 
 
