@@ -170,7 +170,6 @@ def test_a_partly_saturated_photo_warns(tmp_path):
     assert any("saturated" in str(w.message) for w in caught)
 
 
-@pytest.mark.skipif(not (CHECKPOINTS / "feedback.safetensors").exists(), reason="no shipped checkpoint")
 def real_or_procedural_maps(task: SVBRDFTask) -> torch.Tensor:
     """A gk/fantasy material when the data can be had (a real texture set), else a held-out procedural one."""
     try:
@@ -179,6 +178,7 @@ def real_or_procedural_maps(task: SVBRDFTask) -> torch.Tensor:
         return task.sample(1, "test", 3).x[:, :, :128, :128]
 
 
+@pytest.mark.skipif(not (CHECKPOINTS / "feedback.safetensors").exists(), reason="no shipped checkpoint")
 def test_cli_solve_writes_every_file(tmp_path, task):
     x = real_or_procedural_maps(task)[:, :, :, :96]  # a non-square photo
     photo = render.flash_photo(x)[0].permute(1, 2, 0).numpy()
