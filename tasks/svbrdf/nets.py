@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from feedback_solver.update import ConvGRUCell
+from feedback_solver.update import ConvGRUCell, pixel_coordinates
 
 
 def block(a: int, b: int, stride: int = 1) -> nn.Sequential:
@@ -51,7 +51,7 @@ class UNetInitializer(nn.Module):
 
     def forward(self, y: Tensor, ctx: dict[str, Any], x0: Tensor) -> Tensor:
         y = y[:, :3]  # with several photos, the first: the flash photo
-        inp = torch.cat([y * 2 - 1, coords(y)], 1)
+        inp = torch.cat([y * 2 - 1, pixel_coordinates(y)], 1)
         skips, h = [inp], inp
         g = None
         for down, glob in zip(self.down, self.glob):
@@ -64,13 +64,6 @@ class UNetInitializer(nn.Module):
             h = up(torch.cat([F.interpolate(h, size=skip.shape[2:], mode="bilinear", align_corners=False), skip], 1))
         h = F.interpolate(h, size=inp.shape[2:], mode="bilinear", align_corners=False)
         return to_maps(self.head(torch.cat([h, inp], 1)))
-
-
-def coords(img: Tensor) -> Tensor:
-    """x and y in [-1, 1] per pixel (CoordConv)."""
-    from feedback_solver.update import pixel_coordinates
-
-    return pixel_coordinates(img)
 
 
 def compress(g: Tensor, scale: float) -> Tensor:

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.nn import functional as F
 
 from feedback_solver.images import open_image
 from tasks.svbrdf import materials, render
@@ -94,7 +93,3 @@ def render_grid(images: Tensor, cols: int = 5) -> Tensor:
     grid = torch.cat([images, pad]).view(rows, cols, c, h, w)
     return grid.permute(2, 0, 3, 1, 4).reshape(c, rows * h, cols * w)
 
-
-def resize_maps(x: Tensor, size: int) -> Tensor:
-    """Area-resize maps (B, 9, H, W) to `size` (tests and users' odd sizes)."""
-    return F.interpolate(x, size=(size, size), mode="area")
