@@ -105,7 +105,7 @@ def summarise(task: Task, x: Tensor, batch: Batch) -> dict[str, Any]:
 def curve(task: Task, states: dict[int, Tensor], batch: Batch, metric: str) -> dict[str, list]:
     """The primary metric's median and mean at each recorded step or iteration."""
     steps = sorted(states)
-    vals = [task.curve_metric(states[s], batch.x, batch.ctx, metric) for s in steps]
+    vals = task.curve_metric([states[s] for s in steps], batch.x, batch.ctx, metric)
     return {"step": steps, "median": [float(v.median()) for v in vals], "mean": [float(v.mean()) for v in vals]}
 
 

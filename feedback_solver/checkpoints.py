@@ -72,6 +72,14 @@ def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], source: str
     model.load_state_dict(tensors)
 
 
+def load_matching(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """Copy the tensors whose name and shape fit `model` (a fine-tuning start); return (loaded, skipped) names."""
+    own = model.state_dict()
+    fit = {k: v for k, v in tensors.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(fit, strict=False)
+    return sorted(fit), sorted(k for k in own if k not in fit)
+
+
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Training state (weights, optimiser, position in the schedule) for --resume."""
     return atomic_write(path, lambda tmp: torch.save(state, tmp))

@@ -36,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
         "warm_start": False,  # stage-wise progressive: stage t starts from stage t-1's trained weights
         "pool": 0,  # > 0: progressive phases train on this many fixed samples with cached states (costly forwards)
         "stop_after": 0,  # > 0: save the state and stop after this many iterations (time-limited jobs); --resume
+        "init_from": "",  # a checkpoint of the same task: start from its tensors whose names and shapes fit (fine-tune)
     },
     "bench": {
         "samples": 500,

@@ -108,9 +108,9 @@ class Task:
     def metrics(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any]) -> dict[str, Tensor]:
         raise NotImplementedError
 
-    def curve_metric(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any], name: str) -> Tensor:
-        """One metric per sample for the error-against-step curves (a task may compute it alone, more cheaply)."""
-        return self.metrics(x_pred, x_true, ctx)[name]
+    def curve_metric(self, xs: list[Tensor], x_true: Tensor, ctx: dict[str, Any], name: str) -> list[Tensor]:
+        """One metric per sample at each state of a curve (a task may compute it alone, or share work across states)."""
+        return [self.metrics(x, x_true, ctx)[name] for x in xs]
 
     def is_outlier(self, metrics: dict[str, Tensor]) -> Tensor | None:
         """Per-sample outlier flags, or None when the task has no outlier rule."""

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from feedback_solver import distributed
-from feedback_solver.checkpoints import load_state, save_model, save_state
+from feedback_solver.checkpoints import load_matching, load_state, read_model, save_model, save_state
 from feedback_solver.distributed import Dist
 from feedback_solver.problem import Batch, Task
 from feedback_solver.solver import FeedbackSolver, build_solver
@@ -222,6 +222,8 @@ def train(task: Task, cfg: DictConfig, out: str | os.PathLike, resume: bool = Fa
     check_batch(cfg, dist)
     torch.manual_seed(cfg.seed)
     solver = build_solver(task, cfg).to(dist.device)
+    if cfg.train.init_from and not (resume and run_state_exists(out)):
+        init_from(solver, task, str(cfg.train.init_from), dist.is_main)
     run = Run(task, cfg, dist, phases(cfg), out.with_name(out.name + ".state.pt"), None, progress and dist.is_main)
     start_phase, start_it, state = restore(run, solver, resume)
     if dist.is_main:
@@ -239,6 +241,21 @@ def train(task: Task, cfg: DictConfig, out: str | os.PathLike, resume: bool = Fa
         return run.state_path
     finish(run, solver, out)
     return out
+
+
+def run_state_exists(out: Path) -> bool:
+    return out.with_name(out.name + ".state.pt").exists()
+
+
+def init_from(solver: FeedbackSolver, task: Task, path: str, verbose: bool) -> None:
+    """Fine-tune start: another checkpoint's tensors that fit this model (e.g. a variant with more inputs)."""
+    tensors, _, _ = read_model(path, task.name)
+    loaded, skipped = load_matching(solver, tensors)
+    if not loaded:
+        raise ValueError(f"train.init_from={path}: no tensor fits this model (another architecture)")
+    if verbose:
+        print(f"train.init_from: {len(loaded)} tensors from {path}; {len(skipped)} left at their initial values"
+              + (f" ({', '.join(skipped[:4])}{', ...' if len(skipped) > 4 else ''})" if skipped else ""))
 
 
 def check_batch(cfg: DictConfig, dist: Dist) -> None:

@@ -49,7 +49,7 @@ def plane(h: int, w: int, device: torch.device | None = None, dtype: torch.dtype
 
 
 def shade(x: Tensor, light: Tensor, view: Tensor, intensity: float = FLASH_INTENSITY) -> Tensor:
-    """Linear radiance of maps x under K point lights seen from K viewpoints: light, view (B, K, 3) -> (B, K, 3, H, W)."""
+    """Linear radiance of maps x under K point lights seen from K viewpoints: light, view (B or 1, K, 3) -> (B, K, 3, H, W)."""
     kd, ks, alpha, n = (t.unsqueeze(1) for t in decode(x))  # (B, 1, C, H, W)
     p = plane(x.shape[2], x.shape[3], x.device, x.dtype)
     to_l = light[..., None, None] - p  # (B, K, 3, H, W)

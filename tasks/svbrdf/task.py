@@ -26,6 +26,7 @@ DATA = ("procedural", "real")
 LOW = [0.0] * 6 + [render.MIN_ROUGHNESS, -1.0, -1.0]
 HIGH = [1.0] * 9
 MAP_SLICES = {"diffuse": slice(0, 3), "specular": slice(3, 6), "roughness": slice(6, 7)}
+CHUNK = 4  # samples per evaluation render: 4 x 20 re-renders of 256 px is about 60 MB a tensor
 
 
 class SVBRDFTask(Task):
@@ -135,8 +136,7 @@ class SVBRDFTask(Task):
         """Photos of the maps under the evaluation's light/view pairs: (B, K, 3, H, W), the same K for every method."""
         t = self.cfg.task
         light, view = render.quad_pairs(int(t.eval_pairs), int(t.eval_seed), x.device)
-        b = x.shape[0]
-        return render.to_photo(render.shade(x, light.expand(b, -1, -1), view.expand(b, -1, -1)))
+        return render.to_photo(render.shade(x, light, view))  # (1, K, 3): the geometry is computed once per batch
 
     def metrics(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any]) -> dict[str, Tensor]:
         """RMSE of each map (albedos in gamma space, normals as unit vectors / 2) and of re-renders; render LPIPS."""
@@ -149,9 +149,9 @@ class SVBRDFTask(Task):
     def render_metrics(self, x_pred: Tensor, x_true: Tensor, lpips: bool = True) -> dict[str, Tensor]:
         """Render RMSE and LPIPS averaged over the evaluation pairs, in chunks to bound memory."""
         rm, lp = [], []
-        for lo in range(0, len(x_pred), 4):
-            a, b = self.renders(x_pred[lo:lo + 4]), self.renders(x_true[lo:lo + 4])
-            rm.append((a - b).pow(2).flatten(2).mean(2).sqrt().mean(1))
+        for lo in range(0, len(x_pred), CHUNK):
+            a, b = self.renders(x_pred[lo:lo + CHUNK]), self.renders(x_true[lo:lo + CHUNK])
+            rm.append(render_rmse(a, b))
             if lpips:
                 from feedback_solver.lpips import lpips_alex
 
@@ -161,11 +161,17 @@ class SVBRDFTask(Task):
             out["render_lpips"] = torch.cat(lp)
         return out
 
-    def curve_metric(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any], name: str) -> Tensor:
-        """Curves plot render RMSE alone (LPIPS at every step would dominate the benchmark's time)."""
-        if name == "render_rmse":
-            return self.render_metrics(x_pred, x_true, lpips=False)[name]
-        return self.metrics(x_pred, x_true, ctx)[name]
+    @torch.no_grad()
+    def curve_metric(self, xs: list[Tensor], x_true: Tensor, ctx: dict[str, Any], name: str) -> list[Tensor]:
+        """Render RMSE renders the true maps once per chunk for every state (LPIPS per step would dominate the time)."""
+        if name != "render_rmse":
+            return super().curve_metric(xs, x_true, ctx, name)
+        parts: list[list[Tensor]] = [[] for _ in xs]
+        for lo in range(0, len(x_true), CHUNK):
+            b = self.renders(x_true[lo:lo + CHUNK])
+            for part, x in zip(parts, xs):
+                part.append(render_rmse(self.renders(x[lo:lo + CHUNK]), b))
+        return [torch.cat(p) for p in parts]
 
     def loss(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any]) -> Tensor:
         """Log-L1 of renders under the batch's random light/view pairs (Deschaintre et al.), plus a small map L1."""
@@ -216,6 +222,11 @@ class SVBRDFTask(Task):
 
     def write_solution(self, x: Tensor, batch: Batch, args: argparse.Namespace) -> list[Path]:
         return photos.write_maps(x, batch.y, Path(args.out), self)
+
+
+def render_rmse(a: Tensor, b: Tensor) -> Tensor:
+    """Per sample: the RMSE of each re-render (B, K, 3, H, W), averaged over the K light/view pairs."""
+    return (a - b).pow(2).flatten(2).mean(2).sqrt().mean(1)
 
 
 def rmse(a: Tensor, b: Tensor) -> Tensor:

@@ -119,6 +119,15 @@ def test_metrics_are_zero_for_the_truth_and_grow_with_error(task):
     assert (worse["render_rmse"] > 0.01).all() and (worse["diffuse_rmse"] > 0.1).all()
 
 
+def test_the_curve_metric_agrees_with_the_report_metric_at_every_state(task):
+    batch = task.sample(6, "val", 3)  # 6 > the render chunk, so the chunked curve path is exercised
+    xs = [batch.x, task.space.project(batch.x + 0.1), task.initial(batch)]
+    curve = task.curve_metric(xs, batch.x, batch.ctx, "render_rmse")
+    for x, got in zip(xs, curve):
+        torch.testing.assert_close(got, task.render_metrics(x, batch.x, lpips=False)["render_rmse"])
+    assert float(curve[0].max()) < 1e-6 < float(curve[1].min())
+
+
 def write_png(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:
     (Image.fromarray(arr, mode) if mode else Image.fromarray(arr)).save(path)
     return path
