@@ -276,6 +276,21 @@ def test_checkpoint_of_another_model_shape_is_refused(toy_task, trained, toy_cfg
     load_weights(build_solver(toy_task, toy_cfg()), tensors, str(trained[0]))  # the matching shape loads
 
 
+def test_init_from_starts_from_the_fitting_tensors_and_refuses_a_foreign_model(toy_task, trained, fast_cfg,
+                                                                                tmp_path, capsys):
+    source = weights(trained[0])
+    cfg = fast_cfg("model.hidden=32", f"train.init_from={trained[0]}", "train.iterations=0", "train.init_iterations=0")
+    out = train(toy_task, cfg, tmp_path / "wider.safetensors", progress=False)
+    got = weights(out)
+    same = [k for k in got if k in source and got[k].shape == source[k].shape]
+    assert same and all(torch.equal(got[k], source[k]) for k in same)  # no iterations: exactly the source's
+    assert len(same) < len(got)  # the layers that changed shape start fresh
+    assert "left at their initial values" in capsys.readouterr().out
+    foreign = save_model(tmp_path / "foreign.safetensors", torch.nn.Linear(3, 3), "toy", trained[1], {})
+    with pytest.raises(ValueError, match="no tensor fits this model"):
+        train(toy_task, fast_cfg(f"train.init_from={foreign}"), tmp_path / "x.safetensors", progress=False)
+
+
 # --- pooled training (costly forward models) -------------------------------------------------------------------
 def test_pool_states_are_the_solvers_own_states(toy_task, fast_cfg, tmp_path):
     path = train(toy_task, fast_cfg(), tmp_path / "p.safetensors", progress=False)
