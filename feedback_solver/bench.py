@@ -22,7 +22,7 @@ from feedback_solver.baselines import OPTIMISERS
 from feedback_solver.checkpoints import load_weights, read_model
 from feedback_solver.distributed import Dist
 from feedback_solver.problem import Batch, Task
-from feedback_solver.report import write_report
+from feedback_solver.report import load_report, write_report
 from feedback_solver.solver import FeedbackSolver, build_solver
 
 #: report names of learned methods -> (checkpoint variant, whether damping is forced off, steps or None for trained)
@@ -174,10 +174,12 @@ def primary_metric(task: Task, cfg: DictConfig, batch: Batch) -> str:
 
 def run_bench(task: Task, cfg: DictConfig, out: str | os.PathLike, methods: list[str] | None = None,
               samples: int | None = None, seed: int | None = None, command: str = "",
-              checkpoints: Path | None = None, progress: bool = True, dist: Dist | None = None) -> dict[str, Any]:
+              checkpoints: Path | None = None, progress: bool = True, dist: Dist | None = None,
+              merge: bool = False) -> dict[str, Any]:
     """Every requested method on the same test samples; slow ones on a fixed subset beside `feedback`.
 
-    Returns the report on rank 0 (which alone writes it) and None on the other ranks.
+    Returns the report on rank 0 (which alone writes it) and None on the other ranks. With `merge`, the methods run
+    now are added to (or replace theirs in) the report already in `out`, which must be of the same samples.
     """
     dist = dist or distributed.setup(cfg.device)
     methods = list(methods or cfg.bench.methods)
@@ -195,6 +197,7 @@ def run_bench(task: Task, cfg: DictConfig, out: str | os.PathLike, methods: list
     result: dict[str, Any] = {"task": task.name, "report": task.report_name,
                               "data": f"{task.describe_data('test')}; {len(batch)} samples", "seed": seed, "command": command, "ranks": dist.world_size,
                               "primary_metric": metric, "methods": {}}
+    previous = earlier_report(out, result) if merge else None
     sub: dict[str, Any] = {"samples": len(subset), "note": f"the first {len(subset)} test samples: slow baselines "
                            "and `feedback` on the same samples, so time ratios compare like with like", "methods": {}}
     jobs = plan_jobs(task, cfg, methods, batch, subset, dist, partial(load_solver, task, folder=checkpoints))
@@ -205,12 +208,41 @@ def run_bench(task: Task, cfg: DictConfig, out: str | os.PathLike, methods: list
             target[name] = entry(task, Raw.merge(parts), data, metric)
     if not dist.is_main:
         return None
+    if previous is not None:
+        result, sub = merged(previous, result, sub)
     if sub["methods"]:
         sub["match"] = matches(sub["methods"])
         result["subset"] = sub
     result["config"] = OmegaConf.to_container(cfg, resolve=True)
     write_report(result, out)
     return result
+
+
+def earlier_report(out: str | os.PathLike, result: dict[str, Any]) -> dict[str, Any] | None:
+    """The report `merge` adds to, checked before any work: the same data, samples and seed, or a clear refusal."""
+    path = Path(out) / f"{result['report']}.json"
+    if not path.exists():
+        return None
+    old = load_report(path)
+    for key in ("data", "seed", "primary_metric"):
+        if old.get(key) != result[key]:
+            raise ValueError(f"--merge: {path} has {key}={old.get(key)!r}, this run {result[key]!r}; "
+                             "merge only runs of the same samples (or write to another --out)")
+    return old
+
+
+def merged(old: dict[str, Any], new: dict[str, Any], sub: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The earlier report's methods with this run's added or replaced; the report lists every run that fed it."""
+    runs = old.get("runs") or [{"command": old.get("command", ""), "methods": list(old["methods"])
+                                + list(old.get("subset", {}).get("methods", {}))}]
+    runs.append({"command": new["command"], "methods": list(new["methods"]) + list(sub["methods"])})
+    new["methods"] = {**old["methods"], **new["methods"]}
+    old_sub = old.get("subset")
+    if old_sub:
+        sub = {**old_sub, "methods": {**old_sub["methods"], **sub["methods"]}}
+        sub.pop("match", None)
+    new["runs"], new["command"] = runs, runs[0]["command"]
+    return new, sub
 
 
 def matches(methods: dict[str, Any]) -> dict[str, Any]:

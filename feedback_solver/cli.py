@@ -30,6 +30,8 @@ def base_parser() -> argparse.ArgumentParser:
     b.add_argument("--methods", help="comma-separated methods (default: bench.methods)")
     b.add_argument("--seed", type=int, help="test sampling seed (default: seed)")
     b.add_argument("--checkpoints", help="folder of <variant>.safetensors (default: the task's shipped ones)")
+    b.add_argument("--merge", action="store_true",
+                   help="add these methods to the report already in --out (same samples and seed)")
     d = sub.add_parser("demo", help="solve and benchmark every task with its shipped checkpoints")
     d.add_argument("--out", default="out/demo")
     d.add_argument("--samples", type=int, default=200)
@@ -124,7 +126,7 @@ def cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
     dist = distributed.setup(cfg.device)
     for setting in task.settings():
         res = run_bench(setting, setting.cfg, args.out, methods, args.samples, args.seed,
-                        "fbsolve " + shlex.join(argv), ckpt, dist=dist)
+                        "fbsolve " + shlex.join(argv), ckpt, dist=dist, merge=getattr(args, "merge", False))
         if dist.is_main:
             print((Path(args.out) / f"{res['report']}.md").read_text())
     return 0

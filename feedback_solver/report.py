@@ -243,7 +243,10 @@ def _header_lines(result: Mapping[str, Any]) -> list[str]:
     lines.append(f"- Data: {result.get('data', MISSING)}")
     seed = result.get("seed")
     lines.append(f"- Seed: {MISSING if seed is None else seed}")
-    if result.get("command"):
+    runs = result.get("runs") or []
+    if len(runs) > 1:  # bench --merge: each run's command and the methods it timed (time ratios hold within a run)
+        lines += [f"- Run {k}: `{r['command']}` ({', '.join(dict.fromkeys(r['methods']))})" for k, r in enumerate(runs, 1)]
+    elif result.get("command"):
         lines.append(f"- Command: `{result['command']}`")
     if result.get("ranks", 1) > 1:
         lines.append(f"- Ranks: {result['ranks']} (torchrun); seconds per sample are summed over ranks")
@@ -366,7 +369,8 @@ def write_report(result: dict, out_dir: str | os.PathLike) -> dict[str, pathlib.
                             "samples": int,
                             "curve": {"step": [...], "median": [...], "mean": [...]} (optional),
                             "energy_monotone": fraction | None (optional)}},
-         "subset": {"samples": int, "note": str, "methods": {...}} (optional)}
+         "subset": {"samples": int, "note": str, "methods": {...}} (optional),
+         "runs": [{"command": str, "methods": [...]}] (optional: bench --merge, every run that fed the report)}
     """
     clean = to_builtin(result)
     out = pathlib.Path(out_dir)

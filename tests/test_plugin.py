@@ -177,3 +177,21 @@ def test_a_task_adds_its_own_optimiser_and_hybrid_runs_it(cli_run, toy_cls, toy_
     assert sub["hybrid"]["steps"] > 0 and sub["own"]["seconds_per_sample"] > 0
     with pytest.raises(ValueError, match="unknown methods \\['mitsuba'\\]"):
         run_bench(toy_cls(cfg), cfg, tmp_path, ["mitsuba"], samples=4, progress=False)
+
+
+def test_bench_merge_adds_methods_to_a_report_of_the_same_samples_and_refuses_others(cli_run, toy_cls, toy_cfg,
+                                                                                      tmp_path):
+    from feedback_solver.bench import run_bench
+
+    cfg = toy_cfg("bench.slow_samples=30")
+    args = dict(samples=40, progress=False, checkpoints=cli_run["ckpt"])
+    first = run_bench(toy_cls(cfg), cfg, tmp_path, ["feedback", "adam"], command="run one", **args)
+    both = run_bench(toy_cls(cfg), cfg, tmp_path, ["regression"], command="run two", merge=True, **args)
+    assert set(both["methods"]) == {"feedback", "regression"}
+    assert both["methods"]["feedback"] == first["methods"]["feedback"]  # kept, not re-run
+    assert set(both["subset"]["methods"]) == {"feedback", "adam"} and "adam" in both["subset"]["match"]
+    assert [r["command"] for r in both["runs"]] == ["run one", "run two"]
+    md = (tmp_path / "toy.md").read_text()
+    assert "Run 2: `run two` (regression)" in md
+    with pytest.raises(ValueError, match="--merge: .*seed=0, this run 1"):
+        run_bench(toy_cls(cfg), cfg, tmp_path, ["regression"], merge=True, seed=1, **args)
