@@ -25,16 +25,17 @@ from feedback_solver.problem import Batch, Task
 from feedback_solver.report import load_report, write_report
 from feedback_solver.solver import FeedbackSolver, build_solver
 
-#: report names of learned methods -> (checkpoint variant, whether damping is forced off, steps or None for trained)
+#: report names of learned methods -> (checkpoint variant, what is switched off, steps or None for trained)
 LEARNED = {
-    "feedback": ("feedback", False, None),
-    "feedback_shared": ("feedback_shared", False, None),
-    "feedback_gradient": ("feedback_gradient", False, None),
-    "feedback_no_gradient": ("feedback_no_gradient", False, None),
-    "feedback_no_damping": ("feedback", True, None),
-    "feedback_multi": ("feedback_multi", False, None),
-    "regression": ("regression", False, None),
-    "initializer": ("feedback", False, 0),  # the shipped solver's learned initializer alone (no update net)
+    "feedback": ("feedback", (), None),
+    "feedback_shared": ("feedback_shared", (), None),
+    "feedback_gradient": ("feedback_gradient", (), None),
+    "feedback_no_gradient": ("feedback_no_gradient", (), None),
+    "feedback_no_damping": ("feedback", ("damping",), None),
+    "feedback_no_restarts": ("feedback", ("restarts",), None),  # where the config asks for solver.restarts
+    "feedback_multi": ("feedback_multi", (), None),
+    "regression": ("regression", (), None),
+    "initializer": ("feedback", (), 0),  # the shipped solver's learned initializer alone (no update net)
 }
 SLOW = ("adam", "lbfgs", "hybrid")
 
@@ -49,13 +50,22 @@ def slow_methods(task: Task) -> tuple[str, ...]:
 
 
 def load_solver(task: Task, variant: str = "feedback", path: str | os.PathLike | None = None,
-                no_damping: bool = False, folder: Path | None = None) -> FeedbackSolver:
-    """Rebuild a shipped (or given) checkpoint's solver from the config stored inside it (on the CPU)."""
+                off: tuple[str, ...] = (), folder: Path | None = None) -> FeedbackSolver:
+    """Rebuild a shipped (or given) checkpoint's solver from the config stored inside it (on the CPU).
+
+    Restarts are an inference setting: they come from the running config, not the checkpoint's; `off` names
+    what an ablation switches off ("damping", "restarts").
+    """
     path = Path(path) if path else (folder or task.checkpoint_dir) / f"{variant}.safetensors"
     tensors, cfg, _ = read_model(path, task.name)
     task.check_checkpoint(cfg, path)
-    if no_damping:
+    restarts = OmegaConf.select(task.cfg, "solver.restarts")
+    cfg.solver.restarts = (OmegaConf.to_container(restarts, resolve=True) if restarts is not None
+                           else {"starts": 0, "energy_above": 0.0})
+    if "damping" in off:
         cfg.solver.damping.enabled = False
+    if "restarts" in off:
+        cfg.solver.restarts.starts = 0
     solver = build_solver(task.for_checkpoint(cfg), cfg)
     load_weights(solver, tensors, str(path))
     return solver.eval()
@@ -72,6 +82,7 @@ class Raw:
     forward_seconds: float | None = None
     energy: Tensor | None = None  # learned: E_data along the trace (n x T+1)
     step_seconds: Tensor | None = None  # learned: (forward, update) seconds per step, summed over samples (2 x T+1)
+    restarts: Tensor | None = None  # learned with solver.restarts: per sample (solved again, answer from a restart)
 
     @staticmethod
     def merge(parts: list["Raw"]) -> "Raw":
@@ -81,8 +92,9 @@ class Raw:
         fwd = None if parts[0].forward_seconds is None else sum(p.forward_seconds for p in parts)
         energy = None if parts[0].energy is None else cat([p.energy for p in parts])
         steps = None if parts[0].step_seconds is None else sum(p.step_seconds for p in parts)
+        restarts = None if parts[0].restarts is None else cat([p.restarts for p in parts])
         return Raw(cat([p.x for p in parts]), {k: cat([p.states[k] for p in parts]) for k in parts[0].states},
-                   cat([p.steps for p in parts]), sum(p.seconds for p in parts), fwd, energy, steps)
+                   cat([p.steps for p in parts]), sum(p.seconds for p in parts), fwd, energy, steps, restarts)
 
 
 def concat(raws: list[Raw], dim: int) -> Raw:
@@ -122,6 +134,9 @@ def entry(task: Task, raw: Raw, batch: Batch, metric: str) -> dict[str, Any]:
     if raw.energy is not None:
         e = raw.energy
         out["energy_monotone"] = float((e.diff(dim=1) <= 0).all(dim=1).float().mean()) if e.shape[1] > 1 else None
+    if raw.restarts is not None:
+        again, won = raw.restarts.mean(0).tolist()
+        out["restarts"] = {"solved_again": again, "answer_from_restart": won}
     if raw.step_seconds is not None:
         fwd, upd = (raw.step_seconds / n).tolist()
         out["per_step"] = {"forward_seconds_per_sample": fwd, "update_seconds_per_sample": upd,
@@ -138,8 +153,9 @@ def solve_chunk(solver: FeedbackSolver, part: Batch, steps: int | None, curve_st
     states = {t: x_t.cpu() for t, x_t in enumerate(long.trace.x)}
     tr = res.trace  # step t's forward time is its feedback render and acceptance renders; the last is the final check
     per_step = torch.tensor([tr.forward_seconds, tr.update_seconds + [0.0]], dtype=torch.float64)
+    restarts = None if tr.resolved is None else torch.stack([tr.resolved, tr.restarted], 1).float().cpu()
     return Raw(res.x.cpu(), states, torch.full((len(part),), float(res.steps)), wall, res.forward_seconds,
-               res.trace.energies().cpu(), per_step)
+               res.trace.energies().cpu(), per_step, restarts)
 
 
 def run_learned(task: Task, solver: FeedbackSolver, batch: Batch, chunks: list[slice], dist: Dist,
@@ -276,7 +292,7 @@ def plan_jobs(task: Task, cfg: DictConfig, methods: list[str], batch: Batch, sub
         if m in LEARNED:
             variant, off, steps = LEARNED[m]
             jobs.append((m, False, lambda v=variant, o=off, s=steps: run_learned(
-                task, load(v, no_damping=o), batch, fast, dist, s)))
+                task, load(v, off=o), batch, fast, dist, s)))
     slow = [m for m in methods if m in slow_methods(task)]
     if not slow:
         return jobs

@@ -20,6 +20,9 @@ DEFAULTS: dict[str, Any] = {
         "mode": "stagewise",
         "init": "constant",
         "damping": {"enabled": True, "max_halvings": 4, "factor": 0.5},
+        # > 0: samples whose final energy exceeds energy_above are solved again from the task's `starts` other
+        # starts, keeping each sample's lowest-energy run (an inference setting: it applies to any checkpoint)
+        "restarts": {"starts": 0, "energy_above": 0.0},
     },
     "train": {
         "schedule": "progressive",
@@ -102,6 +105,11 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"solver.init must be constant or learned, got {s.init!r}")
     if isinstance(s.steps, bool) or not isinstance(s.steps, int) or s.steps < 0:
         raise ValueError(f"solver.steps must be an integer >= 0, got {s.steps!r}")
+    r = s.restarts
+    if isinstance(r.starts, bool) or not isinstance(r.starts, int) or r.starts < 0:
+        raise ValueError(f"solver.restarts.starts must be an integer >= 0, got {r.starts!r}")
+    if not isinstance(r.energy_above, (int, float)) or not r.energy_above >= 0:
+        raise ValueError(f"solver.restarts.energy_above must be a number >= 0, got {r.energy_above!r}")
     bad = [k for k in cfg.feedback.inputs if k not in INPUTS]
     if bad:
         raise ValueError(f"feedback.inputs: unknown {bad}; choose from {list(INPUTS)}")

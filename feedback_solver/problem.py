@@ -105,6 +105,10 @@ class Task:
         """Constant or analytic start x0 for solvers without a learned initializer and for the baselines."""
         raise NotImplementedError
 
+    def restart_starts(self, batch: Batch, count: int) -> Tensor:
+        """Other starts (count, B, D) for samples the solver left at a high energy (`solver.restarts`)."""
+        raise NotImplementedError(f"task {self.name!r} gives no restart starts; set solver.restarts.starts=0")
+
     def metrics(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any]) -> dict[str, Tensor]:
         raise NotImplementedError
 

@@ -199,6 +199,18 @@ def energy_lines(result: Mapping[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def restart_lines(result: Mapping[str, Any]) -> list[str]:
+    """How much of the learned solver's answer came from `solver.restarts` (its time is in s/sample)."""
+    rows = [(label, m["restarts"]) for label, m in _labelled_methods(result) if m.get("restarts")]
+    if not rows:
+        return []
+    lines = ["## Restarts", "", "Samples left above `solver.restarts.energy_above` after the solve are solved again "
+             "from the task's other starts; each keeps its lowest-energy run.", ""]
+    lines += [f"- {_md_escape(label)}: {fmt_percent(r['solved_again'])}% solved again, "
+              f"{fmt_percent(r['answer_from_restart'])}% answered by a restart" for label, r in rows]
+    return lines + [""]
+
+
 def match_lines(result: Mapping[str, Any]) -> list[str]:
     """When each optimiser first matched the learned solver's mean primary metric (the seed's time-to-match)."""
     match = (result.get("subset") or {}).get("match") or {}
@@ -266,6 +278,7 @@ def render_markdown(result: Mapping[str, Any], png_name: str | None = None) -> s
         lines += _section(title, subset["methods"], subset.get("note"))
     lines += match_lines(result)
     lines += energy_lines(result)
+    lines += restart_lines(result)
     lines += step_time_lines(result)
     if png_name:
         lines += [f"![{result.get('primary_metric', 'metric')} vs step]({png_name})", ""]
@@ -368,7 +381,8 @@ def write_report(result: dict, out_dir: str | os.PathLike) -> dict[str, pathlib.
                             "forward_seconds_per_sample": float | None,
                             "samples": int,
                             "curve": {"step": [...], "median": [...], "mean": [...]} (optional),
-                            "energy_monotone": fraction | None (optional)}},
+                            "energy_monotone": fraction | None (optional),
+                            "restarts": {"solved_again": fraction, "answer_from_restart": fraction} (optional)}},
          "subset": {"samples": int, "note": str, "methods": {...}} (optional),
          "runs": [{"command": str, "methods": [...]}] (optional: bench --merge, every run that fed the report)}
     """

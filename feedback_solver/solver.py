@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from feedback_solver.acceptance import AlwaysAccept, LMDamping
 from feedback_solver.feedback import Feedback
-from feedback_solver.problem import Batch, Task
+from feedback_solver.problem import Batch, Task, index_ctx
 from feedback_solver.update import Stages
 
 
@@ -26,6 +26,8 @@ class Trace:
     forward_seconds: list[float] = field(default_factory=list)
     update_seconds: list[float] = field(default_factory=list)
     init_seconds: float = 0.0
+    resolved: Tensor | None = None  # solver.restarts: samples solved again from other starts ...
+    restarted: Tensor | None = None  # ... and those whose answer came from one of them
 
     def energies(self) -> Tensor:
         return torch.stack(self.energy, 1)
@@ -63,8 +65,10 @@ class FeedbackSolver(nn.Module):
         acceptance: AlwaysAccept | LMDamping,
         steps: int,
         initializer: nn.Module | None = None,
+        restarts: DictConfig | None = None,
     ):
         super().__init__()
+        self.restarts = restarts if restarts is not None else OmegaConf.create({"starts": 0, "energy_above": 0.0})
         self.task, self.stages, self.initializer = task, stages, initializer
         self.feedback, self.acceptance, self.steps = feedback, acceptance, steps
 
@@ -86,10 +90,19 @@ class FeedbackSolver(nn.Module):
         steps = self.steps if steps is None else steps
         was_training = self.training
         self.eval()
-        trace = Trace()
         start = time.perf_counter()
         x = self.init(y, ctx)
-        trace.init_seconds = time.perf_counter() - start
+        init_seconds = time.perf_counter() - start
+        trace = self.run(x, y, ctx, steps, progress)
+        trace.init_seconds = init_seconds
+        if self.restarts.starts and steps:
+            self.restart(trace, y, ctx, steps)
+        self.train(was_training)
+        return SolveResult(trace.x[-1], trace, steps)
+
+    def run(self, x: Tensor, y: Tensor, ctx: dict[str, Any], steps: int, progress: bool = False) -> Trace:
+        """The feedback loop from x; the trace ends with the final state and its energy."""
+        trace = Trace()
         h, y_t = None, None
         for t in tqdm(range(steps), desc="solve", disable=not progress, leave=False):
             start = time.perf_counter()
@@ -109,8 +122,38 @@ class FeedbackSolver(nn.Module):
             y_t = self.task.forward(x, ctx)
         trace.energy.append(self.task.energy(y_t, y))
         trace.forward_seconds.append(time.perf_counter() - start)
-        self.train(was_training)
-        return SolveResult(x, trace, steps)
+        return trace
+
+    def restart(self, trace: Trace, y: Tensor, ctx: dict[str, Any], steps: int) -> None:
+        """Solve the samples left above `energy_above` again from the task's other starts; keep each one's best run.
+
+        The trace's rows of a sample that a restart improved become that run's (so E_t stays that run's, and
+        monotone under damping), and the restarts' time is added to each step's.
+        """
+        redo = (trace.energy[-1] > self.restarts.energy_above).nonzero().flatten()
+        trace.resolved = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+        trace.restarted = torch.zeros_like(trace.resolved)
+        trace.resolved[redo] = True
+        if not len(redo):
+            return
+        k, n = self.restarts.starts, len(redo)
+        sub = Batch(y[redo], None, index_ctx(ctx, redo, len(y)))
+        x0 = self.task.space.project(self.task.restart_starts(sub, k).flatten(0, 1))
+        rep = torch.arange(n, device=y.device).repeat(k)
+        again = self.run(x0, sub.y[rep], index_ctx(sub.ctx, rep, n), steps)
+        energies = torch.cat([trace.energy[-1][redo][None], again.energy[-1].view(k, n)])  # (1 + k, n)
+        best = energies.argmin(0)
+        won = (best > 0).nonzero().flatten()
+        rows, dst = (best[won] - 1) * n + won, redo[won]
+        trace.x, trace.energy, trace.lam = ([v.clone() for v in vs] for vs in (trace.x, trace.energy, trace.lam))
+        for t in range(len(trace.x)):
+            trace.x[t][dst] = again.x[t][rows]
+            trace.energy[t][dst] = again.energy[t][rows]
+        for t in range(len(trace.lam)):
+            trace.lam[t][dst] = again.lam[t][rows]
+        trace.forward_seconds = [a + b for a, b in zip(trace.forward_seconds, again.forward_seconds)]
+        trace.update_seconds = [a + b for a, b in zip(trace.update_seconds, again.update_seconds)]
+        trace.restarted[dst] = True
 
     def unroll(self, batch: Batch, steps: int) -> list[Tensor]:
         """Differentiable unrolled states x_0..x_T for training (full steps, no damping, feedback detached)."""
@@ -138,4 +181,5 @@ def build_solver(task: "Task", cfg: DictConfig) -> FeedbackSolver:
     initializer = task.make_initializer(cfg.model) if scfg.init == "learned" else None
     if scfg.init == "learned" and initializer is None:
         raise ValueError(f"solver.init=learned but task {task.name!r} has no learned initializer")
-    return FeedbackSolver(task, stages, feedback, acceptance, scfg.steps, initializer)
+    restarts = scfg.get("restarts") or OmegaConf.create({"starts": 0, "energy_above": 0.0})
+    return FeedbackSolver(task, stages, feedback, acceptance, scfg.steps, initializer, restarts)

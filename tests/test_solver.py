@@ -171,3 +171,63 @@ def test_gradient_feedback_accepts_a_surrogate_for_a_black_box_forward(blackbox_
     fb = Feedback(["gradient"])(task, batch.x + 0.1, batch.y, {})
     assert torch.isfinite(fb.inputs["gradient"]).all() and fb.inputs["gradient"].abs().max() > 0
     assert torch.isfinite(solver.solve(batch.y, batch.ctx).x).all()
+
+
+# --- restarts ------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def restart_task(toy_cls, toy_cfg):
+    """The toy with other starts: corners of the box, so a restart can land nearer the truth than the zero start."""
+
+    class Restarting(toy_cls):
+        def restart_starts(self, batch, count):
+            signs = torch.tensor([[1.0, -1.0, 1.0, -1.0], [-1.0, 1.0, -1.0, 1.0], [1.0, 1.0, -1.0, -1.0]])
+            return (0.8 * signs[:count, None, :]).expand(count, len(batch), 4).clone()
+
+    return Restarting(toy_cfg())
+
+
+@pytest.mark.parametrize("damping", [True, False])
+def test_restarts_keep_each_samples_lowest_energy_run(restart_task, toy_cfg, damping):
+    cfg = toy_cfg("solver.steps=3", f"solver.damping.enabled={damping}")
+    torch.manual_seed(0)
+    plain = build_solver(restart_task, cfg)
+    batch = restart_task.sample(24, "test", 0)
+    once = plain.solve(batch.y, batch.ctx)
+    threshold = float(once.trace.energies()[:, -1].median())
+    plain.restarts = toy_cfg(f"solver.restarts.starts=3", f"solver.restarts.energy_above={threshold}").solver.restarts
+    res = plain.solve(batch.y, batch.ctx)
+    tr, e0, e = res.trace, once.trace.energies(), res.trace.energies()
+    assert torch.equal(tr.resolved, e0[:, -1] > threshold) and tr.resolved.any()
+    assert not (tr.restarted & ~tr.resolved).any() and tr.restarted.any()
+    assert (e[:, -1] <= e0[:, -1]).all() and (e[tr.restarted, -1] < e0[tr.restarted, -1]).all()
+    assert torch.equal(res.x[~tr.restarted], once.x[~tr.restarted])  # the others keep their first run, trace too
+    assert torch.equal(e[~tr.restarted], e0[~tr.restarted])
+    assert torch.equal(res.x, tr.x[-1]) and len(tr.x) == 4 and e.shape == (24, 4)
+    assert torch.allclose(e[:, -1], restart_task.energy(restart_task.forward(res.x, batch.ctx), batch.y))
+    assert all(torch.equal(tr.x[0][i], torch.zeros(4)) != bool(tr.restarted[i]) for i in range(24))
+    if damping:  # each kept run is a damped run: its energy never rises
+        assert (e.diff(dim=1) <= 0).all()
+
+
+def test_restarts_off_or_above_every_energy_change_nothing(restart_task, toy_cfg):
+    solver = build_solver(restart_task, toy_cfg("solver.steps=2"))
+    batch = restart_task.sample(8, "test", 0)
+    once = solver.solve(batch.y, batch.ctx)
+    assert once.trace.resolved is None
+    solver.restarts = toy_cfg("solver.restarts.starts=2", "solver.restarts.energy_above=1e9").solver.restarts
+    res = solver.solve(batch.y, batch.ctx)
+    assert not res.trace.resolved.any() and torch.equal(res.x, once.x)
+
+
+def test_restarts_need_the_tasks_starts(toy_task, toy_cfg):
+    solver = build_solver(toy_task, toy_cfg("solver.steps=2", "solver.restarts.starts=2"))
+    batch = toy_task.sample(4, "test", 0)
+    with pytest.raises(NotImplementedError, match="no restart starts; set solver.restarts.starts=0"):
+        solver.solve(batch.y, batch.ctx)
+
+
+@pytest.mark.parametrize("override, message", [("solver.restarts.starts=-1", "starts must be an integer"),
+                                               ("solver.restarts.energy_above=-0.5", "energy_above must be")])
+def test_bad_restart_settings_are_refused(toy_cfg, override, message):
+    with pytest.raises(ValueError, match=message):
+        toy_cfg(override)

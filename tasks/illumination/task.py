@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -158,6 +159,16 @@ class IlluminationTask(Task):
         x = torch.zeros(len(batch), 3, device=batch.y.device)
         x[:, 2] = 1.0 if self.light == "directional" else sum(float(r) for r in self.cfg.task.radius) / 2
         return x
+
+    def restart_starts(self, batch: Batch, count: int) -> Tensor:
+        """Lights on a ring `task.restart_polar` deg off the camera's axis, `count` azimuths: the stages were trained
+        from the axis, so a start on the far side of the object can reach a light the axis start cannot."""
+        polar = math.radians(float(self.cfg.task.restart_polar))
+        az = torch.arange(count, dtype=torch.float32) * (2 * math.pi / count)
+        ring = torch.stack([math.sin(polar) * az.cos(), math.sin(polar) * az.sin(),
+                            torch.full_like(az, math.cos(polar))], 1)
+        axis = self.initial(batch)  # (B, 3): the radius (point) or unit length (directional) of the constant start
+        return ring[:, None, :].to(axis) * axis.norm(dim=1)[None, :, None]
 
     def describe_data(self, split: str) -> str:
         t = self.cfg.task
