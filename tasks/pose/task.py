@@ -84,6 +84,16 @@ class PoseTask(Task):
         x[:, 3] = 1.0
         return x
 
+    def restart_starts(self, batch: Batch, count: int) -> Tensor:
+        """The canonical pose turned `task.restart_angle` deg about `count` axes in the image plane: a start on the
+        other side of a wrong basin, still within the trained range of the truth."""
+        turn = torch.arange(count, dtype=torch.float32) * (2 * math.pi / count)
+        axes = torch.stack([turn.cos(), turn.sin(), torch.zeros_like(turn)], 1)
+        quats = roma.rotvec_to_unitquat(axes * math.radians(float(self.cfg.task.restart_angle)))  # (count, 4) xyzw
+        x = self.initial(batch)[None].repeat(count, 1, 1)
+        x[..., :4] = quats[:, None, :].to(x)
+        return x
+
     def describe_data(self, split: str) -> str:
         t = self.cfg.task
         objs = self.names(split)
