@@ -222,6 +222,8 @@ def train(task: Task, cfg: DictConfig, out: str | os.PathLike, resume: bool = Fa
     check_batch(cfg, dist)
     torch.manual_seed(cfg.seed)
     solver = build_solver(task, cfg).to(dist.device)
+    # restarts are an inference setting: stage inputs and validation are the plain solver's, as it was trained
+    solver.restarts = OmegaConf.create({"starts": 0, "energy_above": 0.0})
     if cfg.train.init_from and not (resume and run_state_exists(out)):
         init_from(solver, task, str(cfg.train.init_from), dist.is_main)
     run = Run(task, cfg, dist, phases(cfg), out.with_name(out.name + ".state.pt"), None, progress and dist.is_main)

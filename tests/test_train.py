@@ -333,3 +333,10 @@ def test_pooled_training_learns_calls_the_forward_model_less_and_resumes_exactly
 def test_pool_must_be_a_non_negative_integer(toy_cfg):
     with pytest.raises(ValueError, match="train.pool must be an integer >= 0"):
         toy_cfg("train.pool=-5")
+
+
+def test_training_ignores_restarts_an_inference_setting(toy_task, fast_cfg, tmp_path):
+    """The toy gives no restart starts: asking for restarts would raise if training's solves used them."""
+    path = train(toy_task, fast_cfg("solver.restarts.starts=2"), tmp_path / "r.safetensors", progress=False)
+    _, cfg, meta = read_model(path, "toy")
+    assert meta["val_distance"] > 0 and cfg.solver.restarts.starts == 2
