@@ -23,7 +23,7 @@ from feedback_solver.checkpoints import load_weights, read_model
 from feedback_solver.distributed import Dist
 from feedback_solver.problem import Batch, Task
 from feedback_solver.report import load_report, write_report
-from feedback_solver.solver import FeedbackSolver, build_solver
+from feedback_solver.solver import FeedbackSolver, build_solver, no_restarts
 
 #: report names of learned methods -> (checkpoint variant, what is switched off, steps or None for trained)
 LEARNED = {
@@ -59,9 +59,8 @@ def load_solver(task: Task, variant: str = "feedback", path: str | os.PathLike |
     path = Path(path) if path else (folder or task.checkpoint_dir) / f"{variant}.safetensors"
     tensors, cfg, _ = read_model(path, task.name)
     task.check_checkpoint(cfg, path)
-    restarts = OmegaConf.select(task.cfg, "solver.restarts")
-    cfg.solver.restarts = (OmegaConf.to_container(restarts, resolve=True) if restarts is not None
-                           else {"starts": 0, "energy_above": 0.0})
+    cfg.solver.restarts = OmegaConf.to_container(OmegaConf.select(task.cfg, "solver.restarts") or no_restarts(),
+                                                 resolve=True)
     if "damping" in off:
         cfg.solver.damping.enabled = False
     if "restarts" in off:

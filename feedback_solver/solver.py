@@ -16,6 +16,11 @@ from feedback_solver.problem import Batch, Task, index_ctx
 from feedback_solver.update import Stages
 
 
+def no_restarts() -> DictConfig:
+    """`solver.restarts` switched off: for checkpoints saved before restarts existed, training and ablations."""
+    return OmegaConf.create({"starts": 0, "energy_above": 0.0})
+
+
 @dataclass
 class Trace:
     """Per step: the states, energies (B x T+1), step scales (B x T) and where the time went."""
@@ -68,7 +73,7 @@ class FeedbackSolver(nn.Module):
         restarts: DictConfig | None = None,
     ):
         super().__init__()
-        self.restarts = restarts if restarts is not None else OmegaConf.create({"starts": 0, "energy_above": 0.0})
+        self.restarts = restarts if restarts is not None else no_restarts()
         self.task, self.stages, self.initializer = task, stages, initializer
         self.feedback, self.acceptance, self.steps = feedback, acceptance, steps
 
@@ -181,5 +186,5 @@ def build_solver(task: "Task", cfg: DictConfig) -> FeedbackSolver:
     initializer = task.make_initializer(cfg.model) if scfg.init == "learned" else None
     if scfg.init == "learned" and initializer is None:
         raise ValueError(f"solver.init=learned but task {task.name!r} has no learned initializer")
-    restarts = scfg.get("restarts") or OmegaConf.create({"starts": 0, "energy_above": 0.0})
+    restarts = scfg.get("restarts") or no_restarts()
     return FeedbackSolver(task, stages, feedback, acceptance, scfg.steps, initializer, restarts)

@@ -16,7 +16,7 @@ from feedback_solver import distributed
 from feedback_solver.checkpoints import load_matching, load_state, read_model, save_model, save_state
 from feedback_solver.distributed import Dist
 from feedback_solver.problem import Batch, Task
-from feedback_solver.solver import FeedbackSolver, build_solver
+from feedback_solver.solver import FeedbackSolver, build_solver, no_restarts
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,7 @@ def train(task: Task, cfg: DictConfig, out: str | os.PathLike, resume: bool = Fa
     torch.manual_seed(cfg.seed)
     solver = build_solver(task, cfg).to(dist.device)
     # restarts are an inference setting: stage inputs and validation are the plain solver's, as it was trained
-    solver.restarts = OmegaConf.create({"starts": 0, "energy_above": 0.0})
+    solver.restarts = no_restarts()
     if cfg.train.init_from and not (resume and run_state_exists(out)):
         init_from(solver, task, str(cfg.train.init_from), dist.is_main)
     run = Run(task, cfg, dist, phases(cfg), out.with_name(out.name + ".state.pt"), None, progress and dist.is_main)

@@ -194,7 +194,7 @@ def test_restarts_keep_each_samples_lowest_energy_run(restart_task, toy_cfg, dam
     batch = restart_task.sample(24, "test", 0)
     once = plain.solve(batch.y, batch.ctx)
     threshold = float(once.trace.energies()[:, -1].median())
-    plain.restarts = toy_cfg(f"solver.restarts.starts=3", f"solver.restarts.energy_above={threshold}").solver.restarts
+    plain.restarts = toy_cfg("solver.restarts.starts=3", f"solver.restarts.energy_above={threshold}").solver.restarts
     res = plain.solve(batch.y, batch.ctx)
     tr, e0, e = res.trace, once.trace.energies(), res.trace.energies()
     assert torch.equal(tr.resolved, e0[:, -1] > threshold) and tr.resolved.any()
