@@ -103,13 +103,28 @@ def concat(raws: list[Raw], dim: int) -> Raw:
     return Raw(torch.zeros(0, dim), {}, torch.zeros(0), 0.0)
 
 
-def summarise(task: Task, x: Tensor, batch: Batch) -> dict[str, Any]:
-    """Mean, median and std of every metric, and the outlier rate."""
+def summarise(task: Task, x: Tensor, batch: Batch, metric: str | None = None) -> dict[str, Any]:
+    """Mean, median and std of every metric, the outlier rate, and the primary metric per group where the task
+    names groups (a mean over objects hides which ones fail)."""
     per = task.metrics(x, batch.x, batch.ctx)
     out: dict[str, Any] = {"metrics": {
         k: {"mean": float(v.mean()), "median": float(v.median()), "std": float(v.std())} for k, v in per.items()}}
     flags = task.is_outlier(per)
     out["outlier_rate"] = None if flags is None else float(flags.float().mean())
+    names = task.groups(batch) if metric else None
+    if names is not None:
+        out["groups"] = by_group(names, per[metric], flags)
+    return out
+
+
+def by_group(names: list[str], values: Tensor, flags: Tensor | None) -> dict[str, dict[str, Any]]:
+    """Samples, mean, median and outlier rate of one metric per group, groups in sorted order."""
+    out = {}
+    for name in sorted(set(names)):
+        idx = torch.tensor([i for i, n in enumerate(names) if n == name])
+        v = values[idx]
+        out[name] = {"samples": len(idx), "mean": float(v.mean()), "median": float(v.median()),
+                     "outlier_rate": None if flags is None else float(flags[idx].float().mean())}
     return out
 
 
@@ -123,7 +138,7 @@ def curve(task: Task, states: dict[int, Tensor], batch: Batch, metric: str) -> d
 def entry(task: Task, raw: Raw, batch: Batch, metric: str) -> dict[str, Any]:
     """The report's record of one method on one sample set."""
     n = len(batch)
-    out = summarise(task, raw.x, batch)
+    out = summarise(task, raw.x, batch, metric)
     out |= {"steps": float(raw.steps.float().median()), "seconds_per_sample": raw.seconds / n,
             "forward_seconds_per_sample": None if raw.forward_seconds is None else raw.forward_seconds / n,
             "samples": n, "curve": curve(task, raw.states, batch, metric),

@@ -120,6 +120,10 @@ class Task:
         """Per-sample outlier flags, or None when the task has no outlier rule."""
         return None
 
+    def groups(self, batch: Batch) -> list[str] | None:
+        """Each sample's group (e.g. its object) for the report's per-group table, or None for no such table."""
+        return None
+
     def loss(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any]) -> Tensor:
         """Supervised loss at one unrolled stage; the space's distance unless the task says otherwise."""
         return self.space.distance(x_pred, x_true).mean()

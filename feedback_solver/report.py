@@ -211,6 +211,25 @@ def restart_lines(result: Mapping[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def group_lines(result: Mapping[str, Any]) -> list[str]:
+    """The primary metric per group (the task's objects) for every method run on all samples."""
+    methods = {n: m["groups"] for n, m in (result.get("methods") or {}).items() if m.get("groups")}
+    if not methods:
+        return []
+    metric = result.get("primary_metric", "metric")
+    groups = list(dict.fromkeys(g for per in methods.values() for g in per))
+    first = next(iter(methods))
+    lines = [f"## Per group ({metric} median; outliers % of {_md_escape(first)})", "",
+             _table_row(["group", "samples", *map(_md_escape, methods), "outliers %"]),
+             _table_row(["---"] * (len(methods) + 3))]
+    for g in groups:
+        row = methods[first].get(g) or {}
+        cells = [_md_escape(g), str(row.get("samples", MISSING))]
+        cells += [fmt_num((per.get(g) or {}).get("median")) for per in methods.values()]
+        lines.append(_table_row(cells + [fmt_percent(row.get("outlier_rate"))]))
+    return lines + [""]
+
+
 def match_lines(result: Mapping[str, Any]) -> list[str]:
     """When each optimiser first matched the learned solver's mean primary metric (the seed's time-to-match)."""
     match = (result.get("subset") or {}).get("match") or {}
@@ -276,6 +295,7 @@ def render_markdown(result: Mapping[str, Any], png_name: str | None = None) -> s
         n = subset.get("samples")
         title = f"Subset ({n} samples)" if n is not None else "Subset"
         lines += _section(title, subset["methods"], subset.get("note"))
+    lines += group_lines(result)
     lines += match_lines(result)
     lines += energy_lines(result)
     lines += restart_lines(result)
@@ -382,7 +402,9 @@ def write_report(result: dict, out_dir: str | os.PathLike) -> dict[str, pathlib.
                             "samples": int,
                             "curve": {"step": [...], "median": [...], "mean": [...]} (optional),
                             "energy_monotone": fraction | None (optional),
-                            "restarts": {"solved_again": fraction, "answer_from_restart": fraction} (optional)}},
+                            "restarts": {"solved_again": fraction, "answer_from_restart": fraction} (optional),
+                            "groups": {GROUP: {"samples", "mean", "median", "outlier_rate"}} (optional: the
+                                       primary metric per group, where the task names groups)}},
          "subset": {"samples": int, "note": str, "methods": {...}} (optional),
          "runs": [{"command": str, "methods": [...]}] (optional: bench --merge, every run that fed the report)}
     """

@@ -197,3 +197,55 @@ def test_time_to_match_finds_the_first_iteration_at_the_learned_solvers_error(tm
 
     text = render_markdown(result)
     assert "Optimisers against feedback" in text and "| adam | 20 |" in text and "never reached" in text
+
+
+def test_summarise_adds_the_primary_metric_per_group_where_the_task_names_groups():
+    import torch
+
+    from feedback_solver.bench import summarise
+    from feedback_solver.problem import Batch, Task
+
+    class Grouped(Task):
+        name = "grouped"
+
+        def metrics(self, x_pred, x_true, ctx):
+            return {"err": (x_pred - x_true).abs()[:, 0]}
+
+        def is_outlier(self, metrics):
+            return metrics["err"] > 1.0
+
+        def groups(self, batch):
+            return batch.ctx["obj"]
+
+    task = Grouped.__new__(Grouped)
+    x_true = torch.zeros(5, 1)
+    x = torch.tensor([[0.1], [0.3], [2.0], [0.2], [0.4]])
+    batch = Batch(torch.zeros(5, 1), x_true, {"obj": ["b", "a", "b", "b", "a"]})
+    groups = summarise(task, x, batch, "err")["groups"]
+    assert list(groups) == ["a", "b"]
+    assert groups["a"]["samples"] == 2 and groups["a"]["median"] == pytest.approx(0.3)  # lower middle of 0.3, 0.4
+    assert groups["b"]["mean"] == pytest.approx(0.7667, abs=1e-3) and groups["b"]["outlier_rate"] == pytest.approx(1 / 3)
+    assert "groups" not in summarise(task, x, batch)  # no primary metric named: no table
+    assert "groups" not in summarise(_ungrouped(task), x, batch, "err")
+
+
+def _ungrouped(task):
+    """The same task without groups: the base class's hook says none."""
+    from feedback_solver.problem import Task
+
+    task.groups = lambda batch: Task.groups(task, batch)
+    return task
+
+
+def test_markdown_has_a_per_group_table(result, tmp_path):
+    result["methods"]["feedback"]["groups"] = {"duck.obj": {"samples": 3, "mean": 2.0, "median": 1.5,
+                                                            "outlier_rate": 0.0},
+                                               "mug.obj": {"samples": 2, "mean": 9.0, "median": 8.0,
+                                                           "outlier_rate": 0.5}}
+    result["methods"]["direct_net"]["groups"] = {"duck.obj": {"samples": 3, "mean": 5.0, "median": 4.0,
+                                                              "outlier_rate": 0.0}}
+    md = write_report(result, tmp_path)["md"].read_text()
+    assert "## Per group (angle_deg median; outliers % of feedback)" in md
+    assert "| group | samples | feedback | direct_net | outliers % |" in md
+    assert "| duck.obj | 3 | 1.5 | 4 | 0 |" in md
+    assert f"| mug.obj | 2 | 8 | {MISSING} | 50 |" in md

@@ -141,14 +141,13 @@ class IlluminationTask(Task):
         return x.float()
 
     def sample(self, n: int, split: str, seed: int) -> Batch:
-        names = self.names(split)
         gen = torch.Generator().manual_seed(int(seed) + SPLIT_OFFSETS[split])
-        pick = torch.randint(len(names), (n,), generator=gen)
+        objects = self.objects.pick(n, split, gen)
         x = self.random_lights(n, gen)
         rot = roma.quat_normalize(torch.randn(n, 4, generator=gen))  # uniform over SO(3)
         if not self.cfg.task.random_rotation:
             rot = torch.tensor([[0.0, 0.0, 0.0, 1.0]]).expand(n, 4).clone()
-        ctx: dict[str, Any] = {"mesh": [names[int(i)] for i in pick], "rotation": rot}
+        ctx: dict[str, Any] = {"mesh": objects, "rotation": rot}
         y = self.forward(x, ctx)
         if split != "test":  # the depth head's target (training only)
             ctx["depth"] = self.depth(ctx)
@@ -195,6 +194,10 @@ class IlluminationTask(Task):
         pred = aux["depth"]
         target = nn.functional.adaptive_avg_pool2d(batch.ctx["depth"].to(pred.device), pred.shape[-2:])
         return float(self.cfg.task.depth_weight) * (pred - target).pow(2).mean()
+
+    def groups(self, batch: Batch) -> list[str]:
+        """Per-object rows in the report: the test objects differ far more than a mean shows."""
+        return [meshes.label(n) for n in batch.ctx["mesh"]]
 
     # --- learned parts -----------------------------------------------------------------------------
     def make_update(self, inputs: list[str], model: DictConfig) -> nn.Module:

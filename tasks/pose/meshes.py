@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import torch
 import trimesh
 from omegaconf import DictConfig
 
@@ -52,6 +53,11 @@ def mesh(name: str) -> trimesh.Trimesh:
     return load_mesh(resolve(name))
 
 
+def label(name: str) -> str:
+    """A mesh's name in reports: its pybullet_data path, or a user mesh's file name."""
+    return Path(name).name if Path(name).is_absolute() else name
+
+
 def check_disjoint(train: list[str], test: list[str]) -> None:
     both = sorted(set(train) & set(test))
     if both:
@@ -67,13 +73,18 @@ class ObjectSplit:
     test: list[str]
     procedural: int = 0
     user: list[str] | None = None
+    real_fraction: float | None = None
 
     def __post_init__(self):
         check_disjoint(self.train, self.test)
+        if self.real_fraction is not None and not 0.0 <= self.real_fraction <= 1.0:
+            raise ValueError(f"task.real_fraction must lie in [0, 1], got {self.real_fraction}")
 
     @classmethod
     def from_config(cls, t: DictConfig) -> "ObjectSplit":
-        return cls([str(m) for m in t.train_meshes], [str(m) for m in t.test_meshes], int(t.procedural))
+        fraction = t.get("real_fraction")
+        return cls([str(m) for m in t.train_meshes], [str(m) for m in t.test_meshes], int(t.procedural),
+                   real_fraction=None if fraction is None else float(fraction))
 
     def names(self, split: str) -> list[str]:
         if split in ("train", "val"):
@@ -81,6 +92,18 @@ class ObjectSplit:
         if split == "test":
             return self.user or self.test
         raise ValueError(f"split must be train, val or test, got {split!r}")
+
+    def pick(self, n: int, split: str, gen: torch.Generator) -> list[str]:
+        """Each sample's object: uniform over the split's objects, or (train/val with procedural shapes and
+        `real_fraction` set) a real train mesh with that probability, so the few real meshes are not drowned out."""
+        names = self.names(split)
+        extra = names[len(self.train):] if split in ("train", "val") else []
+        if self.real_fraction is None or not extra:
+            return [names[int(i)] for i in torch.randint(len(names), (n,), generator=gen)]
+        real = torch.rand(n, generator=gen) < self.real_fraction
+        r = torch.randint(len(self.train), (n,), generator=gen)
+        p = torch.randint(len(extra), (n,), generator=gen)
+        return [self.train[int(a)] if k else extra[int(b)] for k, a, b in zip(real, r, p)]
 
     def source(self, split: str) -> str:
         return "user meshes" if split == "test" and self.user else "pybullet_data"

@@ -72,11 +72,10 @@ class PoseTask(Task):
         return torch.cat([q, offset], 1)
 
     def sample(self, n: int, split: str, seed: int) -> Batch:
-        names = self.names(split)
         gen = torch.Generator().manual_seed(int(seed) + SPLIT_OFFSETS[split])
-        pick = torch.randint(len(names), (n,), generator=gen)
+        objects = self.objects.pick(n, split, gen)
         x = self.random_poses(n, gen)
-        ctx = {"mesh": [names[int(i)] for i in pick]}
+        ctx = {"mesh": objects}
         return Batch(self.forward(x, ctx), x, ctx)
 
     def initial(self, batch: Batch) -> Tensor:
@@ -117,6 +116,10 @@ class PoseTask(Task):
         rot = (q - sign * q_true).pow(2).sum(1)
         trans = (x_pred[:, 4:] - x_true[:, 4:]).pow(2).sum(1)
         return (rot + float(self.cfg.task.translation_weight) * trans).mean()
+
+    def groups(self, batch: Batch) -> list[str]:
+        """Per-object rows in the report: the test objects differ far more than a mean shows."""
+        return [meshes.label(n) for n in batch.ctx["mesh"]]
 
     # --- learned parts -------------------------------------------------------------------------------
     def make_update(self, inputs: list[str], model: DictConfig) -> nn.Module:

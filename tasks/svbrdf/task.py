@@ -173,6 +173,13 @@ class SVBRDFTask(Task):
                 part.append(render_rmse(self.renders(x[lo:lo + CHUNK]), b))
         return [torch.cat(p) for p in parts]
 
+    def groups(self, batch: Batch) -> list[str] | None:
+        """Per-material rows for real map sets (several crops each); procedural materials are one sample each."""
+        names = batch.ctx.get("material") or []
+        if not names or not all("/crop" in n for n in names):
+            return None
+        return [n.rsplit("/crop", 1)[0] for n in names]
+
     def loss(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any]) -> Tensor:
         """Log-L1 of renders under the batch's random light/view pairs (Deschaintre et al.), plus a small map L1."""
         light, view = ctx["light"].to(x_pred), ctx["view"].to(x_pred)

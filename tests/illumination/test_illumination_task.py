@@ -63,6 +63,8 @@ def test_the_object_split_is_the_pose_tasks(task):
     cfg = load_config(pose, [])
     assert task.objects.train == list(cfg.task.train_meshes) and task.objects.test == list(cfg.task.test_meshes)
     assert not set(task.names("train")) & set(task.names("test"))
+    batch = task.sample(4, "test", 0)
+    assert task.groups(batch) == batch.ctx["mesh"]  # the report's per-object rows
 
 
 def test_samples_are_deterministic_lit_and_carry_the_depth_target(task):

@@ -82,6 +82,24 @@ def test_mesh_split_overlap_is_refused():
         meshes.check_disjoint(["duck.obj", "bunny.obj"], ["duck.obj"])
 
 
+def test_real_fraction_weights_real_train_meshes_and_leaves_the_test_split_alone():
+    split = meshes.ObjectSplit(["bunny.obj", "duck.obj"], ["mug.obj", "teddy.obj"], real_fraction=0.75)
+    split.procedural, extra = 3, ["p0", "p1", "p2"]
+    split.names = lambda s: split.train + extra if s in ("train", "val") else split.test  # no meshes loaded
+    picked = split.pick(4000, "train", torch.Generator().manual_seed(0))
+    real = sum(p in split.train for p in picked) / len(picked)
+    assert real == pytest.approx(0.75, abs=0.03) and set(picked) == set(split.train + extra)
+    uniform = [split.test[int(i)] for i in torch.randint(2, (50,), generator=torch.Generator().manual_seed(1))]
+    assert split.pick(50, "test", torch.Generator().manual_seed(1)) == uniform  # test samples as before
+    with pytest.raises(ValueError, match="real_fraction must lie in"):
+        meshes.ObjectSplit(["a"], ["b"], real_fraction=1.5)
+
+
+def test_report_groups_are_the_objects(task, test_batch):
+    assert task.groups(test_batch) == test_batch.ctx["mesh"]
+    assert meshes.label("/home/me/scans/cup.ply") == "cup.ply"
+
+
 # --- space, metrics, loss ------------------------------------------------------------------------------------
 @settings(max_examples=50, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.floats(0.01, 5.0))
@@ -217,3 +235,5 @@ def test_cli_bench_on_a_users_mesh_folder(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "b" / "pose.json").read_text())
     assert "1 test objects (user meshes)" in report["data"] and report["methods"]["feedback"]["samples"] == 12
+    assert report["methods"]["feedback"]["groups"]["duck.obj"]["samples"] == 12  # a user mesh by its file name
+    assert "| duck.obj | 12 |" in (tmp_path / "b" / "pose.md").read_text()

@@ -17,6 +17,7 @@ from PIL import Image
 from feedback_solver.acceptance import LMDamping
 from feedback_solver.config import load_config
 from feedback_solver.feedback import energy_gradient
+from feedback_solver.problem import Batch
 from tasks.svbrdf import photos, render
 from tasks.svbrdf.task import SVBRDFTask
 
@@ -108,6 +109,12 @@ def test_samples_are_deterministic_and_splits_differ(task):
     assert a.x.shape == (2, 9, 64, 64) and a.y.shape == (2, 3, 64, 64)
     assert not torch.equal(task.sample(2, "val", 5).x, a.x)
     assert a.ctx["light"].shape == (2, 9, 3)
+    assert task.groups(a) is None  # procedural materials: one sample each, no per-material table
+
+
+def test_real_crops_are_grouped_by_material(task):
+    batch = Batch(torch.zeros(3, 3, 4, 4), None, {"material": ["rock_01/crop0", "rock_01/crop1", "moss/crop0"]})
+    assert task.groups(batch) == ["rock_01", "rock_01", "moss"]
 
 
 def test_metrics_are_zero_for_the_truth_and_grow_with_error(task):
