@@ -226,15 +226,11 @@ def test_summarise_adds_the_primary_metric_per_group_where_the_task_names_groups
     assert groups["a"]["samples"] == 2 and groups["a"]["median"] == pytest.approx(0.3)  # lower middle of 0.3, 0.4
     assert groups["b"]["mean"] == pytest.approx(0.7667, abs=1e-3) and groups["b"]["outlier_rate"] == pytest.approx(1 / 3)
     assert "groups" not in summarise(task, x, batch)  # no primary metric named: no table
-    assert "groups" not in summarise(_ungrouped(task), x, batch, "err")
 
+    class Ungrouped(Grouped):
+        groups = Task.groups  # the base class's hook: no groups
 
-def _ungrouped(task):
-    """The same task without groups: the base class's hook says none."""
-    from feedback_solver.problem import Task
-
-    task.groups = lambda batch: Task.groups(task, batch)
-    return task
+    assert "groups" not in summarise(Ungrouped.__new__(Ungrouped), x, batch, "err")
 
 
 def test_markdown_has_a_per_group_table(result, tmp_path):

@@ -93,12 +93,16 @@ class ObjectSplit:
             return self.user or self.test
         raise ValueError(f"split must be train, val or test, got {split!r}")
 
+    def weighted(self, split: str) -> bool:
+        """Whether `real_fraction` applies: train/val with procedural shapes beside the real meshes."""
+        return self.real_fraction is not None and split in ("train", "val") and self.procedural > 0
+
     def pick(self, n: int, split: str, gen: torch.Generator) -> list[str]:
-        """Each sample's object: uniform over the split's objects, or (train/val with procedural shapes and
-        `real_fraction` set) a real train mesh with that probability, so the few real meshes are not drowned out."""
+        """Each sample's object: uniform over the split's objects, or (where `weighted`) a real train mesh with
+        probability `real_fraction`, so the few real meshes are not drowned out by the procedural shapes."""
         names = self.names(split)
-        extra = names[len(self.train):] if split in ("train", "val") else []
-        if self.real_fraction is None or not extra:
+        extra = names[len(self.train):]
+        if not self.weighted(split) or not extra:
             return [names[int(i)] for i in torch.randint(len(names), (n,), generator=gen)]
         real = torch.rand(n, generator=gen) < self.real_fraction
         r = torch.randint(len(self.train), (n,), generator=gen)

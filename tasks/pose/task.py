@@ -97,9 +97,8 @@ class PoseTask(Task):
         t = self.cfg.task
         objs = self.names(split)
         where = self.objects.source(split)
-        share = self.objects.real_fraction
-        if split in ("train", "val") and share is not None and len(objs) > len(self.objects.train):
-            where += f"; a real mesh with probability {share:g}"
+        if self.objects.weighted(split):
+            where += f"; a real mesh with probability {self.objects.real_fraction:g}"
         return (f"{len(objs)} {split} objects ({where}); rotation {t.min_angle_deg}-{t.max_angle_deg} deg about a "
                 f"random axis, offset +-{t.translation_range} per axis; {t.size}x{t.size} silhouettes")
 
