@@ -205,11 +205,12 @@ def primary_metric(task: Task, cfg: DictConfig, batch: Batch) -> str:
 def run_bench(task: Task, cfg: DictConfig, out: str | os.PathLike, methods: list[str] | None = None,
               samples: int | None = None, seed: int | None = None, command: str = "",
               checkpoints: Path | None = None, progress: bool = True, dist: Dist | None = None,
-              merge: bool = False) -> dict[str, Any]:
+              merge: bool = False, split: str = "test") -> dict[str, Any]:
     """Every requested method on the same test samples; slow ones on a fixed subset beside `feedback`.
 
     Returns the report on rank 0 (which alone writes it) and None on the other ranks. With `merge`, the methods run
     now are added to (or replace theirs in) the report already in `out`, which must be of the same samples.
+    `split="val"` compares checkpoints or settings on the validation split, so that choices never see the test data.
     """
     dist = dist or distributed.setup(cfg.device)
     methods = list(methods or cfg.bench.methods)
@@ -221,14 +222,17 @@ def run_bench(task: Task, cfg: DictConfig, out: str | os.PathLike, methods: list
                          f"choose from {sorted(optimisers(task))}")
     samples = samples or cfg.bench.samples
     seed = cfg.seed if seed is None else seed
-    batch = task.sample(samples, "test", seed)  # every rank draws the same set, then works on its own chunks
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+    batch = task.sample(samples, split, seed)  # every rank draws the same set, then works on its own chunks
     subset = batch.index(slice(0, min(cfg.bench.slow_samples, len(batch))))
     metric = primary_metric(task, cfg, batch)
-    result: dict[str, Any] = {"task": task.name, "report": task.report_name,
-                              "data": f"{task.describe_data('test')}; {len(batch)} samples", "seed": seed, "command": command, "ranks": dist.world_size,
+    data = task.describe_data(split) + ("" if split == "test" else f" ({split} split, not the test data)")
+    result: dict[str, Any] = {"task": task.name, "report": task.report_name, "split": split,
+                              "data": f"{data}; {len(batch)} samples", "seed": seed, "command": command, "ranks": dist.world_size,
                               "primary_metric": metric, "methods": {}}
     previous = earlier_report(out, result) if merge else None
-    sub: dict[str, Any] = {"samples": len(subset), "note": f"the first {len(subset)} test samples: slow baselines "
+    sub: dict[str, Any] = {"samples": len(subset), "note": f"the first {len(subset)} {split} samples: slow baselines "
                            "and `feedback` on the same samples, so time ratios compare like with like", "methods": {}}
     jobs = plan_jobs(task, cfg, methods, batch, subset, dist, partial(load_solver, task, folder=checkpoints))
     for name, on_subset, job in tqdm(jobs, desc=f"bench {task.name}", disable=not (progress and dist.is_main)):

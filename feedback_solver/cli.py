@@ -30,6 +30,8 @@ def base_parser() -> argparse.ArgumentParser:
     b.add_argument("--methods", help="comma-separated methods (default: bench.methods)")
     b.add_argument("--seed", type=int, help="test sampling seed (default: seed)")
     b.add_argument("--checkpoints", help="folder of <variant>.safetensors (default: the task's shipped ones)")
+    b.add_argument("--split", choices=("test", "val"), default="test",
+                   help="val: the validation split, for choosing checkpoints or settings without the test data")
     b.add_argument("--merge", action="store_true",
                    help="add these methods to the report already in --out (same samples and seed)")
     d = sub.add_parser("demo", help="solve and benchmark every task with its shipped checkpoints")
@@ -126,7 +128,8 @@ def cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
     dist = distributed.setup(cfg.device)
     for setting in task.settings():
         res = run_bench(setting, setting.cfg, args.out, methods, args.samples, args.seed,
-                        "fbsolve " + shlex.join(argv), ckpt, dist=dist, merge=getattr(args, "merge", False))
+                        "fbsolve " + shlex.join(argv), ckpt, dist=dist, merge=getattr(args, "merge", False),
+                        split=getattr(args, "split", "test"))
         if dist.is_main:
             print((Path(args.out) / f"{res['report']}.md").read_text())
     return 0

@@ -195,3 +195,16 @@ def test_bench_merge_adds_methods_to_a_report_of_the_same_samples_and_refuses_ot
     assert "Run 2: `run two` (regression)" in md
     with pytest.raises(ValueError, match="--merge: .*seed=0, this run 1"):
         run_bench(toy_cls(cfg), cfg, tmp_path, ["regression"], merge=True, seed=1, **args)
+
+
+def test_fbsolve_bench_split_val_runs_on_the_validation_samples_and_says_so(cli_run):
+    out = cli_run["root"] / "val"
+    fbsolve("bench", "toy", "--out", str(out), "--samples", "8", "--methods", "feedback", "--split", "val",
+            "--checkpoints", str(cli_run["ckpt"]), cwd=cli_run["root"])
+    val, test = (json.loads((d / "toy.json").read_text()) for d in (out, cli_run["out"]))
+    assert val["split"] == "val" and test["split"] == "test"
+    assert val["data"].startswith("toy val split") and "(val split, not the test data)" in val["data"]
+    assert "(val split" in (out / "toy.md").read_text()
+    assert val["methods"]["feedback"]["metrics"] != test["methods"]["feedback"]["metrics"]
+    bad = fbsolve("bench", "toy", "--split", "train", cwd=cli_run["root"], check=False)
+    assert bad.returncode != 0 and "invalid choice: 'train'" in bad.stderr
