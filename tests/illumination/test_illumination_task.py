@@ -64,7 +64,7 @@ def test_the_object_split_is_the_pose_tasks(task):
     # the same test objects; train on the first 32 of the pose task's real train objects (as the shipped light
     # checkpoints were), never on one of its test objects
     assert task.objects.test == list(cfg.task.test_meshes)
-    assert task.objects.train == list(cfg.task.train_meshes)[: len(task.objects.train)] and len(task.objects.train) == 32
+    assert len(task.objects.train) == 32 and task.objects.train == list(cfg.task.train_meshes)[:32]
     assert not set(task.names("train")) & set(task.names("test"))
     batch = task.sample(4, "test", 0)
     assert task.groups(batch) == batch.ctx["mesh"]  # the report's per-object rows
