@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
         "pool": 0,  # > 0: progressive phases train on this many fixed samples with cached states (costly forwards)
         "stop_after": 0,  # > 0: save the state and stop after this many iterations (time-limited jobs); --resume
         "init_from": "",  # a checkpoint of the same task: start from its tensors whose names and shapes fit (fine-tune)
+        "augment": False,  # pool minibatches pass through task.augment (a symmetry: mirrored scenes for pose)
     },
     "bench": {
         "samples": 500,

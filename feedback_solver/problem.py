@@ -128,6 +128,12 @@ class Task:
         """Supervised loss at one unrolled stage; the space's distance unless the task says otherwise."""
         return self.space.distance(x_pred, x_true).mean()
 
+    def augment(self, batch: Batch, states: tuple[Tensor, Tensor] | None,
+                gen: torch.Generator) -> tuple[Batch, tuple[Tensor, Tensor] | None]:
+        """A pool minibatch and its states (x_t, y_t) under a symmetry of the problem (`train.augment`): more
+        variety from the same costly forwards. None by default; a task that has one overrides this."""
+        raise NotImplementedError(f"task {self.name!r} defines no augmentation; set train.augment=false")
+
     def auxiliary_loss(self, aux: dict[str, Tensor], batch: Batch) -> Tensor:
         """Loss of a net's auxiliary outputs (e.g. a depth head), trained beside the update and unused at inference.
 

@@ -366,6 +366,8 @@ def pool_batch(run: Run, phase: Phase, seed: int) -> tuple[Batch, tuple[Tensor, 
     pool = run.pool
     idx = torch.randint(len(pool), (run.per_rank,), generator=torch.Generator().manual_seed(seed))
     states = None if phase.stage is None else (pool.x[idx.to(pool.x.device)], pool.y_t[idx.to(pool.x.device)])
+    if run.cfg.train.augment:
+        return run.task.augment(pool.batch.index(idx), states, torch.Generator().manual_seed(seed + 1))
     return pool.batch.index(idx), states
 
 

@@ -340,3 +340,21 @@ def test_training_ignores_restarts_an_inference_setting(toy_task, fast_cfg, tmp_
     path = train(toy_task, fast_cfg("solver.restarts.starts=2"), tmp_path / "r.safetensors", progress=False)
     _, cfg, meta = read_model(path, "toy")
     assert meta["val_distance"] > 0 and cfg.solver.restarts.starts == 2
+
+
+def test_augment_sees_every_pooled_minibatch_and_a_task_without_one_is_told(toy_task, fast_cfg, tmp_path,
+                                                                            monkeypatch):
+    cfg = fast_cfg("train.pool=64", "train.iterations=10", "train.augment=true")
+    with pytest.raises(NotImplementedError, match="defines no augmentation; set train.augment=false"):
+        train(toy_task, cfg, tmp_path / "none.safetensors", progress=False)
+    seen = []
+
+    def identity(self, batch, states, gen):
+        seen.append(states is not None and len(batch) == states[0].shape[0])
+        return batch, states
+
+    monkeypatch.setattr(type(toy_task), "augment", identity, raising=False)
+    aug = train(toy_task, cfg, tmp_path / "aug.safetensors", progress=False)
+    plain = train(toy_task, fast_cfg("train.pool=64", "train.iterations=10"), tmp_path / "p.safetensors",
+                  progress=False)
+    assert seen == [True] * 30 and max_diff(weights(aug), weights(plain)) == 0.0

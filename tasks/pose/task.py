@@ -24,6 +24,11 @@ from tasks.pose import meshes, mitsuba
 from tasks.pose.nets import PoseInitializer, PoseUpdate
 
 SPLIT_OFFSETS = {"train": 0, "val": 5_555_555, "test": 9_999_991}
+# A mirror of the scene in a camera axis through the principal point (the image centre): the sign it puts on the
+# pose (quaternion XYZW: M R M for M = diag(-1, 1, 1) or diag(1, -1, 1); translation: M t) and the image axis it
+# flips (width for x, height for y, whose rows run top to bottom, i.e. along -y).
+MIRRORS = ((torch.tensor([1.0, -1.0, -1.0, 1.0, -1.0, 1.0, 1.0]), -1),
+           (torch.tensor([-1.0, 1.0, -1.0, 1.0, 1.0, -1.0, 1.0]), -2))
 
 
 class PoseTask(Task):
@@ -118,6 +123,21 @@ class PoseTask(Task):
         rot = (q - sign * q_true).pow(2).sum(1)
         trans = (x_pred[:, 4:] - x_true[:, 4:]).pow(2).sum(1)
         return (rot + float(self.cfg.task.translation_weight) * trans).mean()
+
+    def augment(self, batch: Batch, states: tuple[Tensor, Tensor] | None,
+                gen: torch.Generator) -> tuple[Batch, tuple[Tensor, Tensor] | None]:
+        """Each sample mirrored left-right and/or up-down with probability 1/2: the mirror image of a mesh is a new
+        shape of the same silhouette statistics, so the stages see twice as many shapes per axis at no render."""
+        flips = torch.rand(len(batch), len(MIRRORS), generator=gen) < 0.5
+        y, x = batch.y.clone(), batch.x.clone()
+        x_t, y_t = (states[0].clone(), states[1].clone()) if states is not None else (None, None)
+        for k, (sign, dim) in enumerate(MIRRORS):
+            m = flips[:, k].to(y.device)
+            y[m] = y[m].flip(dim)
+            x[m] = x[m] * sign.to(x)
+            if x_t is not None:
+                x_t[m], y_t[m] = x_t[m] * sign.to(x_t), y_t[m].flip(dim)
+        return Batch(y, x, batch.ctx), None if states is None else (x_t, y_t)
 
     def groups(self, batch: Batch) -> list[str]:
         """Per-object rows in the report: the test objects differ far more than a mean shows."""

@@ -20,6 +20,7 @@ from feedback_solver import registry
 from feedback_solver.bench import load_solver
 from feedback_solver.config import load_config
 from feedback_solver.problem import Batch
+from feedback_solver.render import renderer
 from tasks.pose import meshes
 from tasks.pose.task import read_silhouette
 
@@ -98,6 +99,31 @@ def test_real_fraction_weights_real_train_meshes_and_leaves_the_test_split_alone
 def test_report_groups_are_the_objects(task, test_batch):
     assert task.groups(test_batch) == test_batch.ctx["mesh"]
     assert meshes.label("/home/me/scans/cup.ply") == "cup.ply"
+
+
+def test_augment_mirrors_the_scene_as_a_mirrored_mesh_renders_it(task, test_batch):
+    """train.augment: a flipped silhouette with the sign-flipped pose is what the mirrored mesh looks like there."""
+    part = test_batch.index(slice(0, 12))
+    x_t = task.space.retract(part.x, 0.1 * torch.randn(12, 6, generator=torch.Generator().manual_seed(1)))
+    states = (x_t, task.forward(x_t, part.ctx))
+    aug, (ax_t, ay_t) = task.augment(part, states, torch.Generator().manual_seed(3))
+    gl = renderer(task.camera)
+    flipped = 0
+    for axis in (0, 1):
+        mirror = np.diag([-1.0 if i == axis else 1.0 for i in range(3)] + [1.0])
+        for name in set(part.ctx["mesh"]):
+            gl.add_mesh((name, axis), meshes.mesh(name).copy().apply_transform(mirror))
+    for i, name in enumerate(part.ctx["mesh"]):
+        signs = (aug.x[i] / part.x[i]).sign()
+        axes = [k for k in (0, 1) if signs[4 + k] < 0]  # the translation's sign tells which mirrors were applied
+        flipped += bool(axes)
+        if len(axes) != 1:  # both mirrors together are a turn about the optical axis: covered by the single cases
+            continue
+        for x, y in ((aug.x[i], aug.y[i]), (ax_t[i], ay_t[i])):
+            want = gl.render([(name, axes[0])], x[None])[0]
+            assert (want != y).float().mean() < 0.003, name
+    assert 0 < flipped < 12 and torch.equal(aug.y.sum((1, 2, 3)), part.y.sum((1, 2, 3)))
+    assert torch.allclose(aug.x[:, :4].norm(dim=1), torch.ones(12))
 
 
 # --- space, metrics, loss ------------------------------------------------------------------------------------
