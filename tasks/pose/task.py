@@ -127,7 +127,7 @@ class PoseTask(Task):
     def augment(self, batch: Batch, states: tuple[Tensor, Tensor] | None,
                 gen: torch.Generator) -> tuple[Batch, tuple[Tensor, Tensor] | None]:
         """Each sample mirrored left-right and/or up-down with probability 1/2: the mirror image of a mesh is a new
-        shape of the same silhouette statistics, so the stages see twice as many shapes per axis at no render."""
+        shape of the same silhouette statistics, so the stages see every shape and its mirror images at no render."""
         flips = torch.rand(len(batch), len(MIRRORS), generator=gen) < 0.5
         y, x = batch.y.clone(), batch.x.clone()
         x_t, y_t = (states[0].clone(), states[1].clone()) if states is not None else (None, None)
