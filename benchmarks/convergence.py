@@ -14,9 +14,10 @@ import torch
 from tqdm import tqdm
 
 from feedback_solver import registry
-from feedback_solver.bench import load_solver
+from feedback_solver.bench import load_solver, summarise
 from feedback_solver.config import load_config
 from feedback_solver.problem import Batch
+from feedback_solver.report import fmt_num
 
 EDGES = {"pose": [0.0, 0.001, 0.002, 0.005, 0.01, float("inf")]}
 
@@ -34,8 +35,12 @@ def solve(task, batch: Batch, steps: int, chunk: int) -> tuple[torch.Tensor, tor
 
 
 def stats(task, batch: Batch, x: torch.Tensor) -> dict[str, float]:
-    m = task.metrics(x, batch.x, batch.ctx)
-    return {f"{k} {s}": float(getattr(v, s)()) for k, v in m.items() for s in ("mean", "median")}
+    """The bench's summary, flat: mean and median of every metric, and the outlier rate where the task has one."""
+    summary = summarise(task, x, batch)
+    out = {f"{k} {q}": v[q] for k, v in summary["metrics"].items() for q in ("mean", "median")}
+    if summary["outlier_rate"] is not None:
+        out["outliers %"] = 100 * summary["outlier_rate"]
+    return out
 
 
 def buckets(task, batch: Batch, x: torch.Tensor, energy: torch.Tensor, edges: list[float]) -> list[dict]:
@@ -51,9 +56,9 @@ def buckets(task, batch: Batch, x: torch.Tensor, energy: torch.Tensor, edges: li
 
 def table(rows: list[dict]) -> list[str]:
     keys = list(rows[0])
-    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    cell = lambda v: fmt_num(v) if isinstance(v, float) else str(v)  # noqa: E731
     return ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)] + [
-        "| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]
+        "| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
 
 
 def main() -> None:

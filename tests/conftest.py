@@ -6,6 +6,7 @@ the folder on sys.path (this process) and PYTHONPATH (CLI subprocesses) is all t
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -76,3 +77,16 @@ def toy_cfg(toy_cls):
 @pytest.fixture(scope="session")
 def toy_task(toy_cls, toy_cfg):
     return toy_cls(toy_cfg())
+
+
+@pytest.fixture
+def benchmark_script():
+    """A script of benchmarks/ loaded as a module by name, so its helpers can be tested without running it."""
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"{name}_script", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -1,26 +1,15 @@
 """benchmarks/convergence.py: energy buckets hold the right samples, and steps past T reach the solver."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
 from feedback_solver.problem import Batch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "convergence.py"
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("convergence_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_buckets_split_samples_by_final_energy_and_skip_empty_ones():
-    script = load_script()
+def test_buckets_split_samples_by_final_energy_and_skip_empty_ones(benchmark_script):
+    script = benchmark_script("convergence")
     task = SimpleNamespace(metrics=lambda x, x_true, ctx: {"err": (x - x_true).abs().flatten()})
     batch = Batch(torch.zeros(5, 1), torch.zeros(5, 1))
     x = torch.tensor([[1.0], [2.0], [3.0], [10.0], [20.0]])
@@ -32,8 +21,8 @@ def test_buckets_split_samples_by_final_energy_and_skip_empty_ones():
     assert lines[0] == "| energy | samples | err median |" and len(lines) == 4
 
 
-def test_solve_passes_the_step_count_and_keeps_sample_order(monkeypatch):
-    script = load_script()
+def test_solve_passes_the_step_count_and_keeps_sample_order(benchmark_script, monkeypatch):
+    script = benchmark_script("convergence")
     seen = []
 
     class Solver:
@@ -46,3 +35,11 @@ def test_solve_passes_the_step_count_and_keeps_sample_order(monkeypatch):
     x, energy = script.solve(None, Batch(y, y), steps=12, chunk=2)
     assert seen == [(2, 12), (2, 12), (1, 12)]
     assert x.flatten().tolist() == [0.0, 12.0, 24.0, 36.0, 48.0] and energy.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_stats_flatten_the_bench_summary_with_the_outlier_rate(benchmark_script):
+    script = benchmark_script("convergence")
+    task = SimpleNamespace(metrics=lambda x, x_true, ctx: {"err": (x - x_true).abs().flatten()},
+                           is_outlier=lambda m: m["err"] > 2.5, groups=lambda batch: None)
+    out = script.stats(task, Batch(torch.zeros(4, 1), torch.zeros(4, 1)), torch.tensor([[1.0], [2.0], [3.0], [6.0]]))
+    assert out == {"err mean": 3.0, "err median": 2.0, "outliers %": 50.0}

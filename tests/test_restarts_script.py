@@ -1,23 +1,11 @@
 """benchmarks/restarts.py: the threshold sweep keeps each sample's lowest-energy run only above the threshold."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "restarts.py"
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("restarts_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_pick_keeps_the_lowest_energy_run_above_the_threshold_only():
-    pick = load_script().pick
+def test_pick_keeps_the_lowest_energy_run_above_the_threshold_only(benchmark_script):
+    pick = benchmark_script("restarts").pick
     energies = torch.tensor([[0.5, 0.01, 0.3], [0.2, 0.001, 0.4], [0.1, 0.002, 0.35]])  # (1 + K runs, B samples)
     metrics = {"err": torch.tensor([[5.0, 1.0, 3.0], [2.0, 0.5, 4.0], [1.0, 0.7, 3.5]])}
     chosen, redo = pick(energies, metrics, threshold=0.05)
