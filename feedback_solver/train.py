@@ -201,6 +201,7 @@ class Run:
     budget: int | None = None  # iterations left before train.stop_after pauses the run
     losses: dict[str, list[float]] = field(default_factory=dict)
     pool: Pool | None = None
+    kept: frozenset[int] = frozenset()  # stages that train.init_from fills whole: warm start leaves them be
 
     @property
     def per_rank(self) -> int:
@@ -227,6 +228,7 @@ def train(task: Task, cfg: DictConfig, out: str | os.PathLike, resume: bool = Fa
     if cfg.train.init_from and not (resume and run_state_exists(out)):
         init_from(solver, task, str(cfg.train.init_from), dist.is_main)
     run = Run(task, cfg, dist, phases(cfg), out.with_name(out.name + ".state.pt"), None, progress and dist.is_main)
+    run.kept = fine_tuned_stages(solver, task, str(cfg.train.init_from))
     start_phase, start_it, state = restore(run, solver, resume)
     if dist.is_main:
         run.val = task.sample(cfg.train.val_samples, "val", cfg.seed).to(dist.device)
@@ -258,6 +260,20 @@ def init_from(solver: FeedbackSolver, task: Task, path: str, verbose: bool) -> N
     if verbose:
         print(f"train.init_from: {len(loaded)} tensors from {path}; {len(skipped)} left at their initial values"
               + (f" ({', '.join(skipped[:4])}{', ...' if len(skipped) > 4 else ''})" if skipped else ""))
+
+
+def fine_tuned_stages(solver: FeedbackSolver, task: Task, path: str) -> frozenset[int]:
+    """Stages whose every tensor train.init_from supplies: fine-tuning them must not start from a copy of stage t-1."""
+    if not path or solver.stages is None:
+        return frozenset()
+    tensors, _, _ = read_model(path, task.name)
+    own = solver.state_dict()
+    kept = set()
+    for k in range(len(solver.stages.nets)):
+        names = [n for n in own if n.startswith(f"stages.nets.{k}.")]
+        if names and all(n in tensors and tensors[n].shape == own[n].shape for n in names):
+            kept.add(k)
+    return frozenset(kept)
 
 
 def check_batch(cfg: DictConfig, dist: Dist) -> None:
@@ -305,7 +321,7 @@ def finish(run: Run, solver: FeedbackSolver, out: Path) -> None:
 def run_phase(run: Run, solver: FeedbackSolver, p_idx: int, first: int, state: dict | None) -> None:
     """Optimise one phase from iteration `first`, checkpointing atomically every train.checkpoint_every."""
     phase, tcfg, dist = run.plan[p_idx], run.cfg.train, run.dist
-    if first == 0 and tcfg.warm_start:
+    if first == 0 and tcfg.warm_start and phase.stage not in run.kept:
         warm_start(solver, phase)
     params = phase_parameters(solver, phase)
     opt, sched = make_optimiser(params, run.cfg, phase.iterations)

@@ -291,6 +291,17 @@ def test_init_from_starts_from_the_fitting_tensors_and_refuses_a_foreign_model(t
         train(toy_task, fast_cfg(f"train.init_from={foreign}"), tmp_path / "x.safetensors", progress=False)
 
 
+def test_warm_start_leaves_the_stages_that_init_from_fills(toy_task, trained, fast_cfg, tmp_path):
+    """Fine-tuning a stage-wise checkpoint: stage t starts from its own trained weights, not from stage t-1's."""
+    source = weights(trained[0])
+    assert max_diff({k: v for k, v in source.items() if ".nets.1." in k},
+                    {k.replace(".nets.0.", ".nets.1."): v for k, v in source.items() if ".nets.0." in k}) > 0
+    cfg = fast_cfg(f"train.init_from={trained[0]}", "train.warm_start=true", "train.iterations=0")
+    assert max_diff(weights(train(toy_task, cfg, tmp_path / "ft.safetensors", progress=False)), source) == 0
+    kept = train_mod.fine_tuned_stages(build_solver(toy_task, fast_cfg("model.hidden=32")), toy_task, str(trained[0]))
+    assert kept == frozenset()  # other shapes: nothing kept, so warm start copies as before
+
+
 # --- pooled training (costly forward models) -------------------------------------------------------------------
 def test_pool_states_are_the_solvers_own_states(toy_task, fast_cfg, tmp_path):
     path = train(toy_task, fast_cfg(), tmp_path / "p.safetensors", progress=False)
