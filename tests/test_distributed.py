@@ -40,7 +40,9 @@ def launch(args: list[str], cwd: Path, ranks: int = 2, **popen) -> list[str]:
 def run(args: list[str], cwd: Path, ranks: int = 2) -> subprocess.CompletedProcess:
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     proc = subprocess.run(launch(args, cwd, ranks), cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+    # the head too: a rank that dies first says why there, before the others' tracebacks fill the tail
+    err = proc.stderr if len(proc.stderr) <= 6000 else f"{proc.stderr[:3000]}\n[...]\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, f"{' '.join(args)} failed ({proc.returncode}):\n{err}"
     return proc
 
 
