@@ -72,12 +72,17 @@ def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], source: str
     model.load_state_dict(tensors)
 
 
+def matching(model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the tensors whose name and shape fit `model`."""
+    own = model.state_dict()
+    return sorted(k for k, v in tensors.items() if k in own and own[k].shape == v.shape)
+
+
 def load_matching(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
     """Copy the tensors whose name and shape fit `model` (a fine-tuning start); return (loaded, skipped) names."""
-    own = model.state_dict()
-    fit = {k: v for k, v in tensors.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(fit, strict=False)
-    return sorted(fit), sorted(k for k in own if k not in fit)
+    fit = matching(model, tensors)
+    model.load_state_dict({k: tensors[k] for k in fit}, strict=False)
+    return fit, sorted(k for k in model.state_dict() if k not in set(fit))
 
 
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from feedback_solver import distributed
-from feedback_solver.checkpoints import load_matching, load_state, read_model, save_model, save_state
+from feedback_solver.checkpoints import load_matching, load_state, matching, read_model, save_model, save_state
 from feedback_solver.distributed import Dist
 from feedback_solver.problem import Batch, Task
 from feedback_solver.solver import FeedbackSolver, build_solver, no_restarts
@@ -225,10 +225,10 @@ def train(task: Task, cfg: DictConfig, out: str | os.PathLike, resume: bool = Fa
     solver = build_solver(task, cfg).to(dist.device)
     # restarts are an inference setting: stage inputs and validation are the plain solver's, as it was trained
     solver.restarts = no_restarts()
-    if cfg.train.init_from and not (resume and run_state_exists(out)):
-        init_from(solver, task, str(cfg.train.init_from), dist.is_main)
+    fitted = init_from(solver, task, str(cfg.train.init_from), dist.is_main,
+                       load=not (resume and run_state_exists(out))) if cfg.train.init_from else []
     run = Run(task, cfg, dist, phases(cfg), out.with_name(out.name + ".state.pt"), None, progress and dist.is_main)
-    run.kept = fine_tuned_stages(solver, task, str(cfg.train.init_from))
+    run.kept = fine_tuned_stages(solver, fitted)
     start_phase, start_it, state = restore(run, solver, resume)
     if dist.is_main:
         run.val = task.sample(cfg.train.val_samples, "val", cfg.seed).to(dist.device)
@@ -251,29 +251,29 @@ def run_state_exists(out: Path) -> bool:
     return out.with_name(out.name + ".state.pt").exists()
 
 
-def init_from(solver: FeedbackSolver, task: Task, path: str, verbose: bool) -> None:
-    """Fine-tune start: another checkpoint's tensors that fit this model (e.g. a variant with more inputs)."""
+def init_from(solver: FeedbackSolver, task: Task, path: str, verbose: bool, load: bool = True) -> list[str]:
+    """Fine-tune start: another checkpoint's tensors that fit this model (e.g. a variant with more inputs).
+
+    Returns their names; `load=False` (a resumed run, whose state holds the weights) only names them."""
     tensors, _, _ = read_model(path, task.name)
+    if not load:
+        return matching(solver, tensors)
     loaded, skipped = load_matching(solver, tensors)
     if not loaded:
         raise ValueError(f"train.init_from={path}: no tensor fits this model (another architecture)")
     if verbose:
         print(f"train.init_from: {len(loaded)} tensors from {path}; {len(skipped)} left at their initial values"
               + (f" ({', '.join(skipped[:4])}{', ...' if len(skipped) > 4 else ''})" if skipped else ""))
+    return loaded
 
 
-def fine_tuned_stages(solver: FeedbackSolver, task: Task, path: str) -> frozenset[int]:
+def fine_tuned_stages(solver: FeedbackSolver, fitted: list[str]) -> frozenset[int]:
     """Stages whose every tensor train.init_from supplies: fine-tuning them must not start from a copy of stage t-1."""
-    if not path or solver.stages is None:
+    if solver.stages is None:
         return frozenset()
-    tensors, _, _ = read_model(path, task.name)
-    own = solver.state_dict()
-    kept = set()
-    for k in range(len(solver.stages.nets)):
-        names = [n for n in own if n.startswith(f"stages.nets.{k}.")]
-        if names and all(n in tensors and tensors[n].shape == own[n].shape for n in names):
-            kept.add(k)
-    return frozenset(kept)
+    own, fitted = solver.state_dict(), set(fitted)
+    stage_names = [[n for n in own if n.startswith(f"stages.nets.{k}.")] for k in range(len(solver.stages.nets))]
+    return frozenset(k for k, names in enumerate(stage_names) if names and set(names) <= fitted)
 
 
 def check_batch(cfg: DictConfig, dist: Dist) -> None:

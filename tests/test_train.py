@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from feedback_solver import train as train_mod
 from feedback_solver.bench import load_solver
-from feedback_solver.checkpoints import load_state, load_weights, read_model, save_model
+from feedback_solver.checkpoints import load_state, load_weights, matching, read_model, save_model
 from feedback_solver.solver import build_solver
 from feedback_solver.train import Phase, phase_loss, phase_parameters, phases, train, validate
 
@@ -298,9 +298,22 @@ def test_warm_start_leaves_the_stages_that_init_from_fills(toy_task, trained, fa
                     {k.replace(".nets.0.", ".nets.1."): v for k, v in source.items() if ".nets.0." in k}) > 0
     cfg = fast_cfg(f"train.init_from={trained[0]}", "train.warm_start=true", "train.iterations=0")
     assert max_diff(weights(train(toy_task, cfg, tmp_path / "ft.safetensors", progress=False)), source) == 0
-    kept = train_mod.fine_tuned_stages(build_solver(toy_task, fast_cfg("model.hidden=32")), toy_task, str(trained[0]))
-    assert kept == frozenset()  # other shapes: nothing kept, so warm start copies as before
+    wider = build_solver(toy_task, fast_cfg("model.hidden=32"))
+    assert train_mod.fine_tuned_stages(wider, matching(wider, source)) == frozenset()  # other shapes: warm start copies
+    same = build_solver(toy_task, trained[1])
+    assert train_mod.fine_tuned_stages(same, matching(same, source)) == frozenset(range(len(same.stages.nets)))
 
+
+
+def test_a_resumed_fine_tune_keeps_its_stages_as_the_uninterrupted_run(toy_task, trained, fast_cfg, tmp_path):
+    """A resumed run does not reload init_from (its state holds the weights) but still knows which stages it filled."""
+    args = (f"train.init_from={trained[0]}", "train.warm_start=true", "train.iterations=5", "train.checkpoint_every=1")
+    ref = train(toy_task, fast_cfg(*args), tmp_path / "ref.safetensors", progress=False)
+    out = tmp_path / "paused.safetensors"
+    train(toy_task, fast_cfg(*args, "train.stop_after=7"), out, progress=False)  # paused inside stage 1
+    assert not out.exists()
+    resumed = train(toy_task, fast_cfg(*args, "train.stop_after=0"), out, resume=True, progress=False)
+    assert max_diff(weights(resumed), weights(ref)) == 0
 
 # --- pooled training (costly forward models) -------------------------------------------------------------------
 def test_pool_states_are_the_solvers_own_states(toy_task, fast_cfg, tmp_path):
