@@ -29,8 +29,7 @@ def _render_chunk(factory: Factory, loader: Loader, method: str, keys: list[Hash
     """In a worker: one chunk through the renderer's compact `method` (booleans or uint8, not float32, come back)."""
     gl = factory()
     for key in set(keys):
-        if key not in gl.nodes:
-            gl.add_mesh(key, loader(key))
+        gl.add_mesh(key, loader(key))
     return getattr(gl, method)(keys, torch.from_numpy(params))
 
 

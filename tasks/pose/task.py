@@ -58,8 +58,7 @@ class PoseTask(Task):
             return SilhouetteRenderer.decode(masks).to(x.device)
         gl = renderer(self.camera)
         for name in set(ctx["mesh"]):
-            if name not in gl.nodes:
-                gl.add_mesh(name, meshes.mesh(name))
+            gl.add_mesh(name, meshes.mesh(name))
         return gl.render(ctx["mesh"], x)
 
     # --- data ----------------------------------------------------------------------------------
