@@ -96,13 +96,13 @@ class SilhouetteRenderer:
             self.meshes[key] = self.pyrender.Mesh.from_trimesh(mesh, smooth=False)
 
     def node(self, key: Hashable) -> Any:
-        """The mesh's node in the scene, added (and the least recently drawn one removed) where needed."""
+        """The mesh's node in the scene, added where needed; the least recently drawn ones beyond `resident` leave."""
         if key in self.in_scene:
             self.in_scene.move_to_end(key)
-            return self.in_scene[key]
-        if len(self.in_scene) >= self.resident:
+        else:
+            self.in_scene[key] = self.scene.add(self.meshes[key])
+        while len(self.in_scene) > self.resident:
             self.scene.remove_node(self.in_scene.popitem(last=False)[1])
-        self.in_scene[key] = self.scene.add(self.meshes[key])
         return self.in_scene[key]
 
     def render_array(self, keys: Sequence[Hashable], poses: Tensor) -> np.ndarray:
