@@ -55,8 +55,8 @@ class ShadedRenderer:
 
     The light is given relative to the object's centre in camera axes (x right, y up, z towards the camera): a point
     light's position, or the unit direction from the object towards a directional light. A batch is drawn grouped
-    by mesh: each mesh has its own scene, and a switch of scene makes pyrender upload the mesh and rebuild the
-    shadow map again (about 20 ms a switch for the directional light here, as much as the render itself).
+    by mesh: each mesh has its own scene, and a switch of scene makes pyrender upload the mesh (and the shadow map)
+    again: 3-5 ms a switch here, against about 8 ms for a point-light render.
     """
 
     def __init__(self, camera: Camera, lighting: Lighting):
