@@ -110,7 +110,7 @@ def write_md(result: dict, args: argparse.Namespace) -> list[str]:
     cmd = f"python benchmarks/ik_observability.py --samples {args.samples} --seed {args.seed} --priors {args.priors}"
     methods = list(result["methods"])
     keys = list(result["methods"][methods[0]])
-    lines = [f"# IK: what joint positions can tell", "", f"Command: `{cmd}`; data: {result['data']}.", "",
+    lines = ["# IK: what joint positions can tell", "", f"Command: `{cmd}`; data: {result['data']}.", "",
              "`oracle_*`: from the true pose, positions held, the unobserved DoFs pulled to the training prior.",
              "", "| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     lines += [f"| {m} | " + " | ".join(f"{v:.3g}" for v in result["methods"][m].values()) + " |" for m in methods]
