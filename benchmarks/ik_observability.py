@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from feedback_solver import registry
-from feedback_solver.bench import load_solver
+from feedback_solver.bench import load_solver, summarise
 from feedback_solver.config import load_config
 from feedback_solver.problem import Batch
 
@@ -56,10 +56,15 @@ def oracle(task, batch: Batch, kind: str, weight: float = 1e4, rounds: int = 4, 
 def retry_unmoved(task, batch: Batch, x: torch.Tensor, kind: str) -> torch.Tensor:
     """Samples an L-BFGS run left at the truth (its first line search found no step) are solved again alone, from
     the truth moved by 0.001 rad (the data term brings the positions back)."""
-    stuck = (task.space.angles(x, batch.x).amax(1) < 1e-5).nonzero().flatten().tolist()
+    stuck = unmoved(task, x, batch.x).nonzero().flatten().tolist()
     for i in tqdm(stuck, desc=f"oracle {kind}, samples left at the start, alone"):
         x[i : i + 1] = oracle(task, batch.index(slice(i, i + 1)), kind, jitter=1e-3)
     return x
+
+
+def unmoved(task, x: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Samples whose every rotation is still the true one: an oracle run that found no step."""
+    return task.space.angles(x, truth).amax(1) < 1e-5
 
 
 def per_joint(task, x: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -69,9 +74,9 @@ def per_joint(task, x: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
 
 def summary(task, x: torch.Tensor, batch: Batch) -> dict[str, float]:
     """Mean and median of each metric, and the samples left where they started (an oracle run that got stuck)."""
-    m = task.metrics(x, batch.x, {})
-    out = {f"{k} {q}": float(getattr(v, q)()) for k, v in m.items() for q in ("mean", "median")}
-    return out | {"unmoved": float((task.space.angles(x, batch.x).amax(1) < 1e-5).sum())}
+    metrics = summarise(task, x, batch)["metrics"]
+    out = {f"{k} {q}": v[q] for k, v in metrics.items() for q in ("mean", "median")}
+    return out | {"unmoved": float(unmoved(task, x, batch.x).sum())}
 
 
 def main() -> None:

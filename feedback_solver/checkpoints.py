@@ -82,7 +82,7 @@ def load_matching(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[l
     """Copy the tensors whose name and shape fit `model` (a fine-tuning start); return (loaded, skipped) names."""
     fit = matching(model, tensors)
     model.load_state_dict({k: tensors[k] for k in fit}, strict=False)
-    return fit, sorted(k for k in model.state_dict() if k not in set(fit))
+    return fit, sorted(set(model.state_dict()) - set(fit))
 
 
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:

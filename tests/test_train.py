@@ -304,7 +304,6 @@ def test_warm_start_leaves_the_stages_that_init_from_fills(toy_task, trained, fa
     assert train_mod.fine_tuned_stages(same, matching(same, source)) == frozenset(range(len(same.stages.nets)))
 
 
-
 def test_a_resumed_fine_tune_keeps_its_stages_as_the_uninterrupted_run(toy_task, trained, fast_cfg, tmp_path):
     """A resumed run does not reload init_from (its state holds the weights) but still knows which stages it filled."""
     args = (f"train.init_from={trained[0]}", "train.warm_start=true", "train.iterations=5", "train.checkpoint_every=1")
@@ -314,6 +313,7 @@ def test_a_resumed_fine_tune_keeps_its_stages_as_the_uninterrupted_run(toy_task,
     assert not out.exists()
     resumed = train(toy_task, fast_cfg(*args, "train.stop_after=0"), out, resume=True, progress=False)
     assert max_diff(weights(resumed), weights(ref)) == 0
+
 
 # --- pooled training (costly forward models) -------------------------------------------------------------------
 def test_pool_states_are_the_solvers_own_states(toy_task, fast_cfg, tmp_path):

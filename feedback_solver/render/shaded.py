@@ -56,7 +56,7 @@ class ShadedRenderer:
     The light is given relative to the object's centre in camera axes (x right, y up, z towards the camera): a point
     light's position, or the unit direction from the object towards a directional light. A batch is drawn grouped
     by mesh: each mesh has its own scene, and a switch of scene makes pyrender upload the mesh (and the shadow map)
-    again: 3-5 ms a switch here, against about 8 ms for a point-light render.
+    again: 3.5-5.6 ms a switch here (60 renders of 6 meshes), against about 8 ms for a point-light render.
     """
 
     def __init__(self, camera: Camera, lighting: Lighting):
