@@ -83,7 +83,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--chunk", type=int, default=10, help="samples per L-BFGS run (50 left some runs stuck at the start)")
+    ap.add_argument("--chunk", type=int, default=10,
+                    help="samples per L-BFGS run (50 left some runs stuck at the start)")
     ap.add_argument("--priors", default="chordal_mean",
                     help="comma-separated, from: " + ", ".join(PRIORS) + " (euler_prior takes about 30 min here)")
     ap.add_argument("--out", default="benchmarks/ik")
