@@ -33,6 +33,7 @@ LEARNED = {
     "feedback_no_gradient": ("feedback_no_gradient", (), None),
     "feedback_no_damping": ("feedback", ("damping",), None),
     "feedback_no_restarts": ("feedback", ("restarts",), None),  # where the config asks for solver.restarts
+    "feedback_no_symmetry": ("feedback", ("symmetries",), None),  # where the config asks for solver.symmetries
     "feedback_multi": ("feedback_multi", (), None),
     "regression": ("regression", (), None),
     "initializer": ("feedback", (), 0),  # the shipped solver's learned initializer alone (no update net)
@@ -53,14 +54,16 @@ def load_solver(task: Task, variant: str = "feedback", path: str | os.PathLike |
                 off: tuple[str, ...] = (), folder: Path | None = None) -> FeedbackSolver:
     """Rebuild a shipped (or given) checkpoint's solver from the config stored inside it (on the CPU).
 
-    Restarts are an inference setting: they come from the running config, not the checkpoint's; `off` names
-    what an ablation switches off ("damping", "restarts").
+    Restarts and symmetry averaging are inference settings: they come from the running config, not the
+    checkpoint's; `off` names what an ablation switches off ("damping", "restarts", "symmetries").
     """
     path = Path(path) if path else (folder or task.checkpoint_dir) / f"{variant}.safetensors"
     tensors, cfg, _ = read_model(path, task.name)
     task.check_checkpoint(cfg, path)
     cfg.solver.restarts = OmegaConf.to_container(OmegaConf.select(task.cfg, "solver.restarts") or no_restarts(),
                                                  resolve=True)
+    cfg.solver.symmetries = bool(OmegaConf.select(task.cfg, "solver.symmetries", default=False)) \
+        and "symmetries" not in off
     if "damping" in off:
         cfg.solver.damping.enabled = False
     if "restarts" in off:

@@ -23,6 +23,9 @@ DEFAULTS: dict[str, Any] = {
         # > 0: samples whose final energy exceeds energy_above are solved again from the task's `starts` other
         # starts, keeping each sample's lowest-energy run (an inference setting: it applies to any checkpoint)
         "restarts": {"starts": 0, "energy_above": 0.0},
+        # true: at inference each step is the mean of the update net's steps on the feedback under each of the
+        # task's symmetries (Task.symmetries), mapped back; an inference setting like restarts
+        "symmetries": False,
     },
     "train": {
         "schedule": "progressive",
@@ -111,6 +114,8 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"solver.restarts.starts must be an integer >= 0, got {r.starts!r}")
     if not isinstance(r.energy_above, (int, float)) or not r.energy_above >= 0:
         raise ValueError(f"solver.restarts.energy_above must be a number >= 0, got {r.energy_above!r}")
+    if not isinstance(s.symmetries, bool):
+        raise ValueError(f"solver.symmetries must be true or false, got {s.symmetries!r}")
     bad = [k for k in cfg.feedback.inputs if k not in INPUTS]
     if bad:
         raise ValueError(f"feedback.inputs: unknown {bad}; choose from {list(INPUTS)}")

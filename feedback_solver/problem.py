@@ -58,6 +58,19 @@ class ForwardModel(Protocol):
     def __call__(self, x: Tensor, ctx: dict[str, Any]) -> Tensor: ...
 
 
+class Symmetry(Protocol):
+    """A transform g of the scene (a mirror, say): the update net's step on g(feedback), mapped back by g^-1, is
+    another estimate of its step on the feedback itself."""
+
+    def feedback(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The update net's inputs as the transformed scene would give them."""
+        ...
+
+    def step(self, dx: Tensor) -> Tensor:
+        """A tangent step taken in the transformed scene, as a step in the scene itself."""
+        ...
+
+
 class Task:
     """Base class of a task plugin: subclass it and register it under the `feedback_solver.tasks` entry point."""
 
@@ -133,6 +146,12 @@ class Task:
         """A pool minibatch and its states (x_t, y_t) under a symmetry of the problem (`train.augment`): more
         variety from the same costly forwards. None by default; a task that has one overrides this."""
         raise NotImplementedError(f"task {self.name!r} defines no augmentation; set train.augment=false")
+
+    def symmetries(self) -> list["Symmetry"]:
+        """Transforms of the scene under which the problem is equivariant, the identity first (`solver.symmetries`):
+        at inference each step is the mean of the net's steps on every transformed feedback, mapped back. None by
+        default."""
+        return []
 
     def auxiliary_loss(self, aux: dict[str, Tensor], batch: Batch) -> Tensor:
         """Loss of a net's auxiliary outputs (e.g. a depth head), trained beside the update and unused at inference.

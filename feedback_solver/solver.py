@@ -71,9 +71,11 @@ class FeedbackSolver(nn.Module):
         steps: int,
         initializer: nn.Module | None = None,
         restarts: DictConfig | None = None,
+        symmetric: bool = False,
     ):
         super().__init__()
         self.restarts = restarts if restarts is not None else no_restarts()
+        self.symmetric = symmetric
         self.task, self.stages, self.initializer = task, stages, initializer
         self.feedback, self.acceptance, self.steps = feedback, acceptance, steps
 
@@ -82,12 +84,21 @@ class FeedbackSolver(nn.Module):
         return x0 if self.initializer is None else self.task.space.project(self.initializer(y, ctx, x0))
 
     def propose(self, t: int, x: Tensor, y: Tensor, ctx: dict[str, Any], h: Any, y_t: Tensor | None = None):
-        """One feedback evaluation and one update-net call: (dx, h, feedback)."""
+        """One feedback evaluation and one update-net call (one per symmetry under `symmetric`): (dx, h, feedback)."""
         fb = self.feedback(self.task, x, y, ctx, y_t)
         if self.stages is None:
             raise ValueError("this solver has no update stages (steps = 0): it is an initializer only")
-        dx, h = self.stages(t, fb.inputs, h)
-        return dx, h, fb
+        symmetries = self.task.symmetries() if self.symmetric and not self.training else []
+        if not symmetries:
+            dx, h = self.stages(t, fb.inputs, h)
+            return dx, h, fb
+        hs = h if h is not None else [None] * len(symmetries)
+        steps, h = [], []
+        for g, h_g in zip(symmetries, hs):  # each transform keeps its own recurrent state
+            dx_g, h_g = self.stages(t, g.feedback(fb.inputs), h_g)
+            steps.append(g.step(dx_g))
+            h.append(h_g)
+        return torch.stack(steps).mean(0), h, fb
 
     @torch.no_grad()
     def solve(self, y: Tensor, ctx: dict[str, Any], steps: int | None = None, progress: bool = False) -> SolveResult:
@@ -187,4 +198,7 @@ def build_solver(task: "Task", cfg: DictConfig) -> FeedbackSolver:
     if scfg.init == "learned" and initializer is None:
         raise ValueError(f"solver.init=learned but task {task.name!r} has no learned initializer")
     restarts = scfg.get("restarts") or no_restarts()
-    return FeedbackSolver(task, stages, feedback, acceptance, scfg.steps, initializer, restarts)
+    symmetric = bool(scfg.get("symmetries", False))
+    if symmetric and not task.symmetries():
+        raise ValueError(f"solver.symmetries=true but task {task.name!r} defines no symmetries")
+    return FeedbackSolver(task, stages, feedback, acceptance, scfg.steps, initializer, restarts, symmetric)

@@ -223,8 +223,8 @@ def train(task: Task, cfg: DictConfig, out: str | os.PathLike, resume: bool = Fa
     check_batch(cfg, dist)
     torch.manual_seed(cfg.seed)
     solver = build_solver(task, cfg).to(dist.device)
-    # restarts are an inference setting: stage inputs and validation are the plain solver's, as it was trained
-    solver.restarts = no_restarts()
+    # restarts and symmetry averaging are inference settings: stage inputs and validation are the plain solver's
+    solver.restarts, solver.symmetric = no_restarts(), False
     fitted = init_from(solver, task, str(cfg.train.init_from), dist.is_main,
                        load=not (resume and run_state_exists(out))) if cfg.train.init_from else []
     run = Run(task, cfg, dist, phases(cfg), out.with_name(out.name + ".state.pt"), None, progress and dist.is_main)

@@ -231,3 +231,56 @@ def test_restarts_need_the_tasks_starts(toy_task, toy_cfg):
 def test_bad_restart_settings_are_refused(toy_cfg, override, message):
     with pytest.raises(ValueError, match=message):
         toy_cfg(override)
+
+
+# --- symmetry averaging ------------------------------------------------------------------------------------------
+class Identity:
+    def feedback(self, inputs):
+        return inputs
+
+    def step(self, dx):
+        return dx
+
+
+class Negate:
+    """Every input and the step negated: not a symmetry of the toy, but it shows what the solver does with one."""
+
+    def feedback(self, inputs):
+        return {k: -v for k, v in inputs.items()}
+
+    def step(self, dx):
+        return -dx
+
+
+@pytest.fixture
+def symmetric_task(toy_cls, toy_cfg):
+    class Symmetric(toy_cls):
+        def symmetries(self):
+            return [Identity(), Negate()]
+
+    return Symmetric(toy_cfg())
+
+
+def test_symmetric_steps_are_the_mean_of_the_steps_mapped_back_at_inference_only(symmetric_task, toy_cfg):
+    solver = build_solver(symmetric_task, toy_cfg("solver.symmetries=true")).eval()
+    batch = symmetric_task.sample(6, "test", 0)
+    x = symmetric_task.initial(batch) + 0.1
+    dx, h, fb = solver.propose(1, x, batch.y, batch.ctx, None)
+    plain, _ = solver.stages(1, fb.inputs, None)
+    negated, _ = solver.stages(1, {k: -v for k, v in fb.inputs.items()}, None)
+    assert torch.allclose(dx, (plain - negated) / 2) and not torch.allclose(dx, plain)
+    assert h == [None, None]  # one recurrent state per symmetry
+    solver.train()  # training unrolls the plain net
+    assert torch.equal(solver.propose(1, x, batch.y, batch.ctx, None)[0], plain)
+    off = build_solver(symmetric_task, toy_cfg())
+    off.load_state_dict(solver.state_dict())
+    assert torch.equal(off.eval().propose(1, x, batch.y, batch.ctx, None)[0], plain)
+    res = solver.eval().solve(batch.y, batch.ctx)
+    assert torch.isfinite(res.x).all() and (res.trace.energies().diff(dim=1) <= 0).all()
+
+
+def test_symmetries_need_the_tasks_symmetries_and_a_bool(toy_task, toy_cfg):
+    with pytest.raises(ValueError, match="defines no symmetries"):
+        build_solver(toy_task, toy_cfg("solver.symmetries=true"))
+    with pytest.raises(ValueError, match="solver.symmetries must be true or false"):
+        toy_cfg("solver.symmetries=3")

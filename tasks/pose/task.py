@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +30,33 @@ SPLIT_OFFSETS = {"train": 0, "val": 5_555_555, "test": 9_999_991}
 # flips (width for x, height for y, whose rows run top to bottom, i.e. along -y).
 MIRRORS = ((torch.tensor([1.0, -1.0, -1.0, 1.0, -1.0, 1.0, 1.0]), -1),
            (torch.tensor([-1.0, 1.0, -1.0, 1.0, 1.0, -1.0, 1.0]), -2))
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """The scene mirrored in some of the camera's x and y axes (`MIRRORS` indices): a new shape whose silhouettes
+    are the flipped ones, so the update net, trained on such shapes (`augment`), gives another estimate of a step."""
+
+    axes: tuple[int, ...]
+
+    def sign(self, like: Tensor) -> Tensor:
+        s = torch.ones(7)
+        for k in self.axes:
+            s = s * MIRRORS[k][0]
+        return s.to(like)
+
+    def feedback(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        dims = tuple(MIRRORS[k][1] for k in self.axes)
+        return {key: v * self.sign(v) if key == "x" else v.flip(dims) if dims else v for key, v in inputs.items()}
+
+    def step(self, dx: Tensor) -> Tensor:
+        """M exp(w) M = exp(-M w) for a mirror M: the rotation vector takes the sign of the quaternion's vector part,
+        the translation that of the pose's (in either rotation frame); a mirror is its own inverse."""
+        s = self.sign(dx)
+        return dx * torch.cat([s[:3], s[4:]])
+
+
+SYMMETRIES = (Mirror(()), Mirror((0,)), Mirror((1,)), Mirror((0, 1)))
 
 
 class PoseTask(Task):
@@ -137,6 +165,10 @@ class PoseTask(Task):
             if x_t is not None:
                 x_t[m], y_t[m] = x_t[m] * sign.to(x_t), y_t[m].flip(dim)
         return Batch(y, x, batch.ctx), None if states is None else (x_t, y_t)
+
+    def symmetries(self) -> list[Mirror]:
+        """The identity and the three mirrors of the scene in the camera's axes (`solver.symmetries`)."""
+        return list(SYMMETRIES)
 
     def groups(self, batch: Batch) -> list[str]:
         """Per-object rows in the report: the test objects differ far more than a mean shows."""
