@@ -347,4 +347,6 @@ def run_slow(task: Task, name: str, batch: Batch, chunks: list[slice], cfg: Dict
         x0 = solver.solve(part.y, part.ctx).x
         return x0, time.perf_counter() - begin
 
-    return run_optimiser(task, cfg.baselines.hybrid, batch, chunks, cfg, dist, learned_start)
+    # from a near answer the optimiser may want smaller steps than from the constant start
+    tuned = OmegaConf.merge(cfg, {"baselines": cfg.baselines.get("hybrid_overrides") or {}})
+    return run_optimiser(task, cfg.baselines.hybrid, batch, chunks, tuned, dist, learned_start)

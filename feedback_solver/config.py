@@ -64,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
         "lbfgs": {"lr": 1.0, "history_size": 20, "tolerance_grad": 1e-7, "tolerance_change": 1e-9},  # torch's
         "energy_scale": 1.0,  # L-BFGS minimises this x the energy (a per-pixel mean has gradients near its tolerance)
         "hybrid": "lbfgs",
+        "hybrid_overrides": {},  # merged into `baselines` for the hybrid's run (e.g. a smaller optimiser step)
         "start": "initial",  # initial: the task's constant start | initializer: the shipped solver's learned x0
     },
     "variants": {},
@@ -81,6 +82,14 @@ def task_defaults(task_cls: type) -> DictConfig:
     return OmegaConf.load(path) if path.is_file() else OmegaConf.create(dict(task_cls.default_config))
 
 
+def known_key(cfg: DictConfig, key: str) -> bool:
+    """A key of the config, or one of `baselines` under `baselines.hybrid_overrides`."""
+    hybrid = "baselines.hybrid_overrides."
+    if key.startswith(hybrid):
+        key = "baselines." + key[len(hybrid):]
+    return OmegaConf.select(cfg, key, default="__missing__") != "__missing__"
+
+
 def load_config(task_cls: type, overrides: list[str] | None = None, variant: str | None = None) -> DictConfig:
     """Merge the layers and validate; an unknown override key is an error, not silently ignored."""
     cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), task_defaults(task_cls))
@@ -89,15 +98,24 @@ def load_config(task_cls: type, overrides: list[str] | None = None, variant: str
             raise KeyError(f"task {task_cls.name!r} has no variant {variant!r} (known: {', '.join(cfg.variants)})")
         cfg = OmegaConf.merge(cfg, cfg.variants[variant])
     OmegaConf.set_struct(cfg, True)
+    OmegaConf.set_struct(cfg.baselines.hybrid_overrides, False)  # its keys are those of `baselines`, checked below
     for item in overrides or []:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form key=value")
         key = item.split("=", 1)[0]
-        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+        if not known_key(cfg, key):
             raise KeyError(f"unknown config key {key!r} in override {item!r}")
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides or []))
     validate(cfg)
     return cfg
+
+
+def flat_keys(node: DictConfig, prefix: str) -> list[str]:
+    """Dotted paths of a config node's leaves."""
+    keys = []
+    for k, v in node.items():
+        keys += flat_keys(v, f"{prefix}.{k}") if isinstance(v, DictConfig) else [f"{prefix}.{k}"]
+    return keys
 
 
 def validate(cfg: DictConfig) -> None:
@@ -116,6 +134,9 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"solver.restarts.energy_above must be a number >= 0, got {r.energy_above!r}")
     if not isinstance(s.symmetries, bool):
         raise ValueError(f"solver.symmetries must be true or false, got {s.symmetries!r}")
+    for key in flat_keys(cfg.baselines.hybrid_overrides, "baselines.hybrid_overrides"):
+        if not known_key(cfg, key):
+            raise KeyError(f"{key}: not a key of baselines")
     bad = [k for k in cfg.feedback.inputs if k not in INPUTS]
     if bad:
         raise ValueError(f"feedback.inputs: unknown {bad}; choose from {list(INPUTS)}")

@@ -165,15 +165,18 @@ def test_a_task_adds_its_own_optimiser_and_hybrid_runs_it(cli_run, toy_cls, toy_
     calls: list[str] = []
 
     def slow_adam(task, y, ctx, x0, cfg):
-        calls.append("own")
+        calls.append(float(cfg.baselines.adam.lr))
         return OPTIMISERS["adam"](task, y, ctx, x0, cfg)
 
     monkeypatch.setattr(toy_cls, "optimisers", lambda self: {"own": slow_adam})
-    cfg = toy_cfg("baselines.hybrid=own", "bench.slow_samples=30")
+    cfg = toy_cfg("baselines.hybrid=own", "bench.slow_samples=30", "baselines.hybrid_overrides.adam.lr=0.003")
     res = run_bench(toy_cls(cfg), cfg, tmp_path, ["feedback", "own", "hybrid"], samples=40, progress=False,
                     checkpoints=cli_run["ckpt"])
     sub = res["subset"]["methods"]
-    assert set(sub) == {"feedback", "own", "hybrid"} and len(calls) >= 2
+    assert set(sub) == {"feedback", "own", "hybrid"}
+    assert set(calls) == {0.05, 0.003}  # the toy's Adam step for `own`, hybrid_overrides' for hybrid
+    with pytest.raises(KeyError, match="baselines.hybrid_overrides.adam.nosuch"):
+        toy_cfg("baselines.hybrid_overrides.adam.nosuch=1")
     assert sub["hybrid"]["steps"] > 0 and sub["own"]["seconds_per_sample"] > 0
     with pytest.raises(ValueError, match="unknown methods \\['mitsuba'\\]"):
         run_bench(toy_cls(cfg), cfg, tmp_path, ["mitsuba"], samples=4, progress=False)
