@@ -139,6 +139,13 @@ def test_a_killed_two_rank_run_resumes_to_the_same_weights(two_rank_run):
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers, mid-run
     proc.wait()
+    gone = time.monotonic() + 30
+    while time.monotonic() < gone:  # the workers too, so none of them writes the state the resumed ranks read
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
     assert state.exists() and not out.exists(), "the run should have been killed after its first checkpoint"
     run(["train", "toy", "--out", str(out), *TRAIN, "--resume"], root)
     assert max_diff(weights(ref), weights(out)) <= 1e-6
