@@ -152,28 +152,33 @@ def methods_table(methods: Mapping[str, dict]) -> list[str]:
     return lines
 
 
-def time_ratio_line(methods: Mapping[str, dict], ref: str = REFERENCE_METHOD) -> str | None:
-    """The headline comparison is cost per sample relative to the learned solver."""
+def time_ratio_line(methods: Mapping[str, dict], ref: str = REFERENCE_METHOD,
+                    runs: list[dict] | None = None) -> str | None:
+    """The headline comparison is cost per sample relative to the learned solver, within the run that timed it
+    (a merged report's other runs ran at another time on a shared machine)."""
     ref_time = (methods.get(ref) or {}).get("seconds_per_sample")
     if _is_missing(ref_time) or float(ref_time) <= 0:
         return None
+    ref_run = next((set(r.get("methods") or []) for r in reversed(runs or []) if ref in (r.get("methods") or [])),
+                   None)  # the run whose figures the report holds: the last that ran it
     parts = []
     for name, m in methods.items():
         t = m.get("seconds_per_sample")
-        if name == ref or _is_missing(t):
+        if name == ref or _is_missing(t) or (ref_run is not None and name not in ref_run):
             continue
         parts.append(f"{_md_escape(name)} takes {fmt_ratio(float(t) / float(ref_time))} "
                      f"the time of {ref} per sample")
     return ("Time per sample relative to " + ref + ": " + "; ".join(parts) + ".") if parts else None
 
 
-def _section(title: str, methods: Mapping[str, dict], note: str | None = None) -> list[str]:
+def _section(title: str, methods: Mapping[str, dict], note: str | None = None,
+             runs: list[dict] | None = None) -> list[str]:
     """Table plus ratio line, so each section is self-contained."""
     lines = [f"## {title}", ""]
     if note:
         lines += [_md_escape(note), ""]
     lines += methods_table(methods)
-    ratio = time_ratio_line(methods)
+    ratio = time_ratio_line(methods, runs=runs)
     if ratio:
         lines += ["", ratio]
     return lines + [""]
@@ -289,7 +294,7 @@ def _header_lines(result: Mapping[str, Any]) -> list[str]:
 def render_markdown(result: Mapping[str, Any], png_name: str | None = None) -> str:
     """Human-readable summary that sits next to the raw JSON."""
     lines = _header_lines(result)
-    lines += _section("All samples", result.get("methods") or {})
+    lines += _section("All samples", result.get("methods") or {}, runs=result.get("runs"))
     subset = result.get("subset")
     if subset and subset.get("methods"):
         n = subset.get("samples")

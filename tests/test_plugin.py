@@ -196,6 +196,7 @@ def test_bench_merge_adds_methods_to_a_report_of_the_same_samples_and_refuses_ot
     assert [r["command"] for r in both["runs"]] == ["run one", "run two"]
     md = (tmp_path / "toy.md").read_text()
     assert "Run 2: `run two` (regression)" in md
+    assert "regression takes" not in md  # no time ratio across runs: they ran at other times
     with pytest.raises(ValueError, match="--merge: .*seed=0, this run 1"):
         run_bench(toy_cls(cfg), cfg, tmp_path, ["regression"], merge=True, seed=1, **args)
 
