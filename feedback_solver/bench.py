@@ -348,5 +348,5 @@ def run_slow(task: Task, name: str, batch: Batch, chunks: list[slice], cfg: Dict
         return x0, time.perf_counter() - begin
 
     # from a near answer the optimiser may want smaller steps than from the constant start
-    tuned = OmegaConf.merge(cfg, {"baselines": cfg.baselines.get("hybrid_overrides") or {}})
+    tuned = OmegaConf.merge(cfg, {"baselines": cfg.baselines.hybrid_overrides})
     return run_optimiser(task, cfg.baselines.hybrid, batch, chunks, tuned, dist, learned_start)
