@@ -15,7 +15,7 @@ def test_bound_is_mitsuba_over_steps_renders(benchmark_script):
 
 def test_report_row_gives_the_measured_figures(benchmark_script):
     script = benchmark_script("render_floor")
-    row = {"light": "point", "samples": 30, "render_workers": 2, "mitsuba_iterations": 56,
+    row = {"light": "point", "samples": 30, "seed": 0, "render_workers": 2, "mitsuba_iterations": 56,
            **script.bound(render=0.0047, steps=7, mitsuba=0.95)}
     md = "\n".join(script.write_md([row], "python benchmarks/render_floor.py"))
     assert "| point | 4.7 ms | 7 | 33 ms | 0.95 s | 56 | 28.9x | 9.5 ms | 2.02 |" in md
