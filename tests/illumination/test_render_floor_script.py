@@ -19,3 +19,4 @@ def test_report_row_gives_the_measured_figures(benchmark_script):
            **script.bound(render=0.0047, steps=7, mitsuba=0.95)}
     md = "\n".join(script.write_md([row], "python benchmarks/render_floor.py"))
     assert "| point | 4.7 ms | 7 | 33 ms | 0.95 s | 56 | 28.9x | 9.5 ms | 2.02 |" in md
+    assert "- Data: the first 30 test samples per light kind, seed 0" in md
