@@ -5,8 +5,8 @@ materials (the val split by default, never the test split's) it scores the shipp
 (R_0) and its answer (R_6) with the report's render RMSE, then R_0 changed by fixes of known reach:
 - `global_photo`: one offset per map channel and material (diffuse 3, specular 3, roughness 1) fitted to the flash
   photo: what an update that sets each material's overall levels from the photo can do;
-- `global_truth`: the same offsets fitted to the truth's re-renders under the 20 evaluation lights (an oracle: the
-  most any per-material level correction can do);
+- `global_truth`: the same offsets fitted to the truth's re-renders under the 20 evaluation lights (an oracle: about
+  the most any per-material level correction can do);
 - `true_<map>`: one map (or specular and roughness together) replaced by the truth: which map's error the render
   error comes from.
 Beside them, the size of what the update net reads at R_0: its map inputs and its compressed energy gradient.
@@ -60,9 +60,8 @@ def truth_misfit(task, batch: Batch) -> Callable[[Tensor], Tensor]:
     return lambda x: (task.renders(x) - target).pow(2).flatten(2).mean(2).mean(1).sum()
 
 
-def estimates(task, batch: Batch, iterations: int, chunk: int) -> dict[str, Tensor]:
+def estimates(task, solver, batch: Batch, iterations: int, chunk: int) -> dict[str, Tensor]:
     """R_0, R_6 and each fix of R_0, for every sample of the batch."""
-    solver = load_solver(task, "feedback")
     parts: dict[str, list[Tensor]] = {}
     for lo in tqdm(range(0, len(batch), chunk), desc="svbrdf oracles"):
         b = batch.index(slice(lo, lo + chunk))
@@ -80,9 +79,8 @@ def estimates(task, batch: Batch, iterations: int, chunk: int) -> dict[str, Tens
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
-def input_sizes(task, batch: Batch) -> dict[str, dict[str, float]]:
+def input_sizes(task, solver, batch: Batch) -> dict[str, dict[str, float]]:
     """Median and 90th percentile of |input| of the update net's map and gradient channels at R_0 (first 8 samples)."""
-    solver = load_solver(task, "feedback")
     b = batch.index(slice(0, 8))
     with torch.no_grad():
         x0 = solver.init(b.y, b.ctx)
@@ -139,10 +137,11 @@ def main() -> None:
     task = cls(load_config(cls, [f"task.crop={args.size}", f"task.size={args.size}", "task.data=procedural"]))
     torch.manual_seed(args.seed)
     batch = task.sample(args.samples, args.split, args.seed)
-    xs = estimates(task, batch, args.iterations, args.chunk)
+    solver = load_solver(task, "feedback")
+    xs = estimates(task, solver, batch, args.iterations, args.chunk)
     result = {"task": "svbrdf", "data": task.describe_data(args.split), "samples": args.samples, "seed": args.seed,
               "size": args.size, "iterations": args.iterations, "methods": table(task, xs, batch.x),
-              "update_net_inputs": input_sizes(task, batch)}
+              "update_net_inputs": input_sizes(task, solver, batch)}
     cmd = (f"python benchmarks/svbrdf_oracles.py --samples {args.samples} --seed {args.seed} --size {args.size} "
            f"--split {args.split} --iterations {args.iterations}")
     out = Path(args.out)
