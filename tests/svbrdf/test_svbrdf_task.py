@@ -230,6 +230,20 @@ def test_shipped_checkpoint_reaches_its_figures_on_a_fixed_sample(task, variant)
     assert rmse_full < (1 - bar["gain"]) * rmse_init  # the update net improves on its initializer
 
 
+@pytest.mark.skipif(not (CHECKPOINTS / "feedback.safetensors").exists(), reason="no shipped checkpoint")
+def test_shipped_solver_run_to_24_steps_stays_within_5_percent_of_step_6(task):
+    """The issue's bar on the same 6 materials; without its damping the shipped solver drifts (+6.9 % on these)."""
+    from feedback_solver.acceptance import LMDamping
+    from feedback_solver.bench import load_solver
+
+    batch = task.sample(6, "test", 0)
+    solver = load_solver(task, "feedback")
+    assert isinstance(solver.acceptance, LMDamping)
+    r6, r24 = (float(task.render_metrics(solver.solve(batch.y, batch.ctx, steps=s).x, batch.x, lpips=False)
+                     ["render_rmse"].mean()) for s in (6, 24))
+    assert r24 <= 1.05 * r6
+
+
 def test_multi_photo_forward_energy_parts_and_per_photo_gradients():
     from feedback_solver.solver import build_solver
 
