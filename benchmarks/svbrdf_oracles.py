@@ -65,9 +65,9 @@ def estimates(task, solver, batch: Batch, iterations: int, chunk: int) -> dict[s
     parts: dict[str, list[Tensor]] = {}
     for lo in tqdm(range(0, len(batch), chunk), desc="svbrdf oracles"):
         b = batch.index(slice(lo, lo + chunk))
-        with torch.no_grad():
-            x0 = solver.init(b.y, b.ctx)
-            out = {"initializer": x0, "feedback": solver.solve(b.y, b.ctx).x}
+        res = solver.solve(b.y, b.ctx)
+        x0 = res.trace.x[0]  # the solve's own R_0
+        out = {"initializer": x0, "feedback": res.x}
         out["global_photo"] = fit_levels(x0, photo_misfit(task, b), iterations)
         out["global_truth"] = fit_levels(x0, truth_misfit(task, b), iterations)
         for name, s in SWAPS.items():
