@@ -8,13 +8,17 @@ STAMP  := $(VENV)/.installed
 # that Mitsuba's CPU backend needs (Mesa's LLVM 15 crashes it)
 SYSTEM_PACKAGES := assimp-testmodels libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 libllvm19
 
-.PHONY: demo test system install clean
+.PHONY: demo test stress system install clean
 
 demo: install
 	$(BIN)/fbsolve demo --out out/demo
 
 test: install
 	$(BIN)/pytest -q
+
+# the distributed tests 20 times in a row beside a CPU-bound load (a race shows up as a rare failure); not in `test`
+stress: install
+	$(BIN)/python benchmarks/stress_distributed.py --runs 20 --load 1
 
 install: system $(STAMP)
 

@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args, argv)
     except (ValueError, KeyError, FileNotFoundError, NotImplementedError, OpenGLUnavailable) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"fbsolve: error: {msg}", file=sys.stderr)
+        if not isinstance(err, distributed.Echo):
+            print(f"fbsolve: error: {msg}", file=sys.stderr)
         return 2
     finally:
         distributed.teardown()

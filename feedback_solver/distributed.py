@@ -5,14 +5,23 @@ this module only decides *which* backend and device, and which samples a rank ow
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
+import signal
+import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as tdist
 from torch import nn
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class Echo(ValueError):
+    """Rank 0's refusal as another rank receives it: the CLI prints it once, from rank 0."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,34 @@ class Dist:
         out: list[Any] = [None] * self.world_size
         tdist.all_gather_object(out, obj)
         return out
+
+    def decide(self, choose: Callable[[], Any]) -> Any:
+        """Rank 0 runs `choose` and every rank gets its result (or its ValueError): one decision, no per-rank race.
+
+        A rank that chose alone (whether a state file exists, which one, what it holds) could see the file system at
+        another moment than its peers; sending rank 0's view makes the ranks agree by construction.
+        """
+        if not self.active:
+            return choose()
+        box: list[Any] = [None]
+        if self.is_main:
+            try:
+                box[0] = ("ok", choose())
+            except ValueError as err:  # sent, so every rank stops with the same one-line message, none hangs
+                box[0] = ("error", str(err))
+        tdist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
+        kind, value = box[0]
+        if kind == "error":
+            raise (ValueError if self.is_main else Echo)(value)
+        return value
+
+    def agree(self, what: str, value: Any) -> None:
+        """Stop with a message naming the ranks when `value` (e.g. phase, iteration, weight digest) differs."""
+        seen = self.gather(value)
+        if any(v != seen[0] for v in seen):
+            detail = "; ".join(f"rank {r}: {v}" for r, v in enumerate(seen))
+            raise RuntimeError(f"ranks disagree on {what} before training ({detail}); stopping before any "
+                               "collective could mismatch")
 
     def mean(self, value: float) -> float:
         """The mean of a scalar over ranks (for logging a loss that each rank computed on its own shard)."""
@@ -93,11 +130,27 @@ def setup(device: str = "auto") -> Dist:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", 0))
     dev = resolve_device(device, local)
+    die_with_parent()
     if world > 1 and not tdist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         tdist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return Dist(rank, world, local, dev)
+
+
+def die_with_parent() -> None:
+    """A torchrun worker dies with its agent (Linux): killed workers never go on writing checkpoints as orphans.
+
+    torchrun starts each worker in a session of its own, so a SIGKILL of torchrun's process group leaves them
+    running; the kernel's parent-death signal ends them with it.
+    """
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl: the state lock still refuses a second writer
+        return
 
 
 def teardown() -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -216,7 +217,8 @@ def train(task: Task, cfg: DictConfig, out: str | os.PathLike, resume: bool = Fa
           dist: Dist | None = None) -> Path:
     """Train the solver described by cfg and write it to `out` (safetensors); `resume` continues `out`.state.pt.
 
-    Under torchrun every rank calls this; rank 0 alone writes checkpoints and shows progress.
+    Under torchrun every rank calls this; rank 0 alone holds the run's lock, reads and writes checkpoints and shows
+    progress, and sends every rank the state it read, so all ranks resume from the same bytes.
     """
     dist = dist or distributed.setup(cfg.device)
     out = Path(out)
@@ -225,13 +227,32 @@ def train(task: Task, cfg: DictConfig, out: str | os.PathLike, resume: bool = Fa
     solver = build_solver(task, cfg).to(dist.device)
     # restarts and symmetry averaging are inference settings: stage inputs and validation are the plain solver's
     solver.restarts, solver.symmetric = no_restarts(), False
-    fitted = init_from(solver, task, str(cfg.train.init_from), dist.is_main,
-                       load=not (resume and run_state_exists(out))) if cfg.train.init_from else []
     run = Run(task, cfg, dist, phases(cfg), out.with_name(out.name + ".state.pt"), None, progress and dist.is_main)
+    lock = StateLock(run.state_path)
+
+    def choose() -> dict | None:
+        lock.acquire()
+        return read_state(run, resume)
+
+    try:
+        state = dist.decide(choose)
+        return train_locked(run, solver, out, state)
+    finally:
+        lock.release()
+
+
+def train_locked(run: Run, solver: FeedbackSolver, out: Path, state: dict | None) -> Path:
+    """The run itself, once every rank holds the same resume state (or none)."""
+    task, cfg, dist = run.task, run.cfg, run.dist
+    fitted = init_from(solver, task, str(cfg.train.init_from), dist.is_main,
+                       load=state is None) if cfg.train.init_from else []
     run.kept = fine_tuned_stages(solver, fitted)
-    start_phase, start_it, state = restore(run, solver, resume)
+    start_phase, start_it = restore(run, solver, state)
+    dist.agree("the resume point and the weights", (start_phase, start_it, distributed.digest(solver)))
     if dist.is_main:
         run.val = task.sample(cfg.train.val_samples, "val", cfg.seed).to(dist.device)
+        if run.progress:
+            print(describe_plan(run.plan, start_phase, start_it))
     if cfg.train.stop_after > 0:
         run.budget = int(cfg.train.stop_after)
     try:
@@ -247,8 +268,66 @@ def train(task: Task, cfg: DictConfig, out: str | os.PathLike, resume: bool = Fa
     return out
 
 
-def run_state_exists(out: Path) -> bool:
-    return out.with_name(out.name + ".state.pt").exists()
+def describe_plan(plan: list[Phase], phase: int, iteration: int) -> str:
+    """The schedule in one line: which phase takes which iterations (train.iterations is per stage, not in all)."""
+    parts = [f"{p.name} {p.iterations}" for p in plan]
+    where = f"; resuming at {plan[phase].name} iteration {iteration}" if (phase, iteration) != (0, 0) else ""
+    if phase >= len(plan):
+        where = "; every phase done, writing the model"
+    return (f"training plan (iterations per phase; init: train.init_iterations, each stage: train.iterations, "
+            f"finetune: train.finetune_iterations): {', '.join(parts)}{where}")
+
+
+class StateLock:
+    """Rank 0's exclusive hold on a run's state file: a second writer (a killed run's orphaned workers, another
+    `fbsolve train` to the same --out) is waited for briefly, then refused, never raced."""
+
+    WAIT = 30.0  # seconds a resumed run waits for a killed run's workers to exit
+
+    def __init__(self, state_path: Path):
+        self.path = state_path.with_name(state_path.name + ".lock")
+        self.lock: FileLock | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            print(f"waiting up to {self.WAIT:.0f} s for the run that holds {self.path} to exit", flush=True)
+            try:
+                lock.acquire(timeout=self.WAIT)
+            except Timeout:
+                raise ValueError(f"{self.path}: another training run still writes {self.path.name[:-5]}; stop it "
+                                 "or train to another --out") from None
+        self.lock = lock
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.path.unlink(missing_ok=True)  # while held: a waiter on the old file sees it unlinked and retries
+            self.lock.release()
+            self.lock = None
+
+
+def read_state(run: Run, resume: bool) -> dict | None:
+    """Rank 0's choice: the state to continue (--resume), or None for a fresh run; refused when inconsistent."""
+    path = run.state_path
+    if not resume:
+        if path.exists():
+            raise ValueError(f"{path}: a training state of an interrupted run exists; continue it with --resume, "
+                             "or delete it to start afresh")
+        return None
+    if not path.exists():
+        raise ValueError(f"--resume: no training state at {path}; nothing to continue (drop --resume to start afresh)")
+    state = load_state(path)
+    if state.get("task") != run.task.name or state.get("config") != state_config(run.cfg):
+        raise ValueError(f"{path} was written by another task or config; remove it or drop --resume")
+    ranks = state.get("world_size", 1)
+    if ranks != run.dist.world_size:
+        raise ValueError(f"{path} was written by a {ranks}-rank run and this one has {run.dist.world_size}; resume "
+                         f"it with {ranks} rank(s) (torchrun --nproc_per_node={ranks}): ranks draw their own data, "
+                         "so another world size would continue neither run")
+    return state
 
 
 def init_from(solver: FeedbackSolver, task: Task, path: str, verbose: bool, load: bool = True) -> list[str]:
@@ -282,23 +361,15 @@ def check_batch(cfg: DictConfig, dist: Dist) -> None:
                          f"{dist.world_size}; each rank draws batch_size / world_size samples per iteration")
 
 
-def restore(run: Run, solver: FeedbackSolver, resume: bool) -> tuple[int, int, dict | None]:
-    """Load `out`.state.pt when resuming; every rank reads the same file."""
-    if not resume or not run.state_path.exists():
-        if resume and run.dist.is_main:
-            print(f"no training state at {run.state_path}; starting afresh")
-        return 0, 0, None
-    state = load_state(run.state_path)
-    if state["task"] != run.task.name or state["config"] != state_config(run.cfg):
-        raise ValueError(f"{run.state_path} was written by another task or config; remove it or drop --resume")
-    if state.get("world_size", 1) != run.dist.world_size and run.dist.is_main:
-        print(f"warning: {run.state_path} was written with {state.get('world_size', 1)} rank(s), resuming with "
-              f"{run.dist.world_size}: the data stream changes, so the weights will differ from either run")
+def restore(run: Run, solver: FeedbackSolver, state: dict | None) -> tuple[int, int]:
+    """Put the agreed resume state into the solver and the run's clocks; (phase, iteration) to start from."""
+    if state is None:
+        return 0, 0
     solver.load_state_dict(state["model"])
     run.elapsed, run.samples = state["seconds"], state.get("samples", 0)
     run.step_seconds = state.get("step_seconds", 0.0)
     run.losses = state.get("losses", {})
-    return state["phase"], state["iteration"], state
+    return state["phase"], state["iteration"]
 
 
 def finish(run: Run, solver: FeedbackSolver, out: Path) -> None:

@@ -114,6 +114,21 @@ def test_one_process_is_a_one_rank_world():
     assert dist == Dist() and dist.gather("x") == ["x"] and dist.mean(2.5) == 2.5
 
 
+def test_ranks_that_disagree_stop_before_any_collective(monkeypatch):
+    two = Dist(rank=0, world_size=2)
+    monkeypatch.setattr(Dist, "gather", lambda self, v: [v, (0, 20, "ab12")])
+    two.agree("x", (0, 20, "ab12"))  # the same on both ranks: nothing happens
+    with pytest.raises(RuntimeError, match=r"ranks disagree on the resume point .*rank 0: \(0, 10, 'ab12'\); "
+                                           r"rank 1: \(0, 20, 'ab12'\)"):
+        two.agree("the resume point", (0, 10, "ab12"))
+
+
+def test_one_rank_decides_alone_and_its_refusal_is_a_value_error():
+    assert Dist().decide(lambda: 7) == 7
+    with pytest.raises(ValueError, match="no state"):
+        Dist().decide(lambda: (_ for _ in ()).throw(ValueError("no state")))
+
+
 # --- 2-rank training ----------------------------------------------------------------------------------------
 def test_two_ranks_keep_identical_weights_and_learn(two_rank_run, toy_task):
     _, out = two_rank_run
@@ -126,7 +141,30 @@ def test_two_ranks_keep_identical_weights_and_learn(two_rank_run, toy_task):
     assert not out.with_name(out.name + ".state.pt").exists()
 
 
+def children(pid: int) -> list[int]:
+    """Live child processes of `pid` (Linux /proc), the torchrun agent's workers."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie that nobody reaped has stopped for good)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_a_killed_two_rank_run_resumes_to_the_same_weights(two_rank_run):
+    """torchrun SIGKILLed mid-run: its workers die with it (none goes on writing the state as an orphan), and the
+    resumed ranks all load the one state rank 0 read, so the resumed run ends at the uninterrupted run's weights."""
     root, ref = two_rank_run
     out = root / "killed.safetensors"
     state = out.with_name(out.name + ".state.pt")
@@ -136,20 +174,30 @@ def test_a_killed_two_rank_run_resumes_to_the_same_weights(two_rank_run):
     deadline = time.monotonic() + 120
     while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
+    workers = children(proc.pid)
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers, mid-run
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun only: its workers run in sessions of their own
     proc.wait()
-    gone = time.monotonic() + 30
-    while time.monotonic() < gone:  # the workers too, so none of them writes the state the resumed ranks read
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
+    assert len(workers) == 2, f"expected torchrun's two workers, found {workers}"
+    gone = time.monotonic() + 10
+    while any(alive(w) for w in workers) and time.monotonic() < gone:
         time.sleep(0.05)
+    assert not any(alive(w) for w in workers), "a worker outlived its killed torchrun agent"
     assert state.exists() and not out.exists(), "the run should have been killed after its first checkpoint"
     run(["train", "toy", "--out", str(out), *TRAIN, "--resume"], root)
     assert max_diff(weights(ref), weights(out)) <= 1e-6
-    assert not state.exists()
+    assert not state.exists() and not state.with_name(state.name + ".lock").exists()
+
+
+def test_two_ranks_resumed_from_a_state_refuse_another_world_size(two_rank_run):
+    root, _ = two_rank_run
+    out = root / "one_rank.safetensors"
+    run(["train", "toy", "--out", str(out), *TRAIN, "train.stop_after=20"], root, ranks=1)
+    proc = subprocess.run(launch(["train", "toy", "--out", str(out), *TRAIN, "--resume"], root), cwd=root,
+                          env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and not out.exists()
+    assert proc.stderr.count("written by a 1-rank run and this one has 2; resume it with 1 rank") == 1  # rank 0's
+    assert 'feedback_solver/' not in proc.stderr, "no traceback of ours (torchrun prints its own summary)"
 
 
 def test_stop_after_then_resume_matches_the_uninterrupted_run(two_rank_run):

@@ -197,10 +197,54 @@ def test_resume_refuses_a_state_of_another_config(toy_task, fast_cfg, tmp_path, 
         train(toy_task, fast_cfg("train.lr=0.01"), out, resume=True, progress=False)
 
 
-def test_resume_without_state_starts_afresh(toy_task, fast_cfg, tmp_path, capsys):
-    path = train(toy_task, fast_cfg(), tmp_path / "x.safetensors", resume=True, progress=False)
-    assert "starting afresh" in capsys.readouterr().out
-    assert path.exists()
+def test_resume_without_state_is_an_error(toy_task, fast_cfg, tmp_path):
+    with pytest.raises(ValueError, match="--resume: no training state at .*x.safetensors.state.pt"):
+        train(toy_task, fast_cfg(), tmp_path / "x.safetensors", resume=True, progress=False)
+    assert not list(tmp_path.iterdir()), "nothing written, no lock left behind"
+
+
+def test_a_fresh_run_never_overwrites_an_interrupted_runs_state(toy_task, fast_cfg, tmp_path, monkeypatch):
+    out = tmp_path / "run.safetensors"
+    with monkeypatch.context() as m:
+        count_steps(m, crash_after=12)
+        with pytest.raises(Interrupted):
+            train(toy_task, fast_cfg(), out, progress=False)
+    before = (tmp_path / "run.safetensors.state.pt").read_bytes()
+    with pytest.raises(ValueError, match="interrupted run exists; continue it with --resume"):
+        train(toy_task, fast_cfg(), out, progress=False)
+    assert (tmp_path / "run.safetensors.state.pt").read_bytes() == before
+
+
+def test_a_second_run_to_the_same_output_is_refused_while_the_first_holds_it(toy_task, fast_cfg, tmp_path,
+                                                                            monkeypatch):
+    from feedback_solver.train import StateLock
+
+    out = tmp_path / "run.safetensors"
+    held = StateLock(out.with_name(out.name + ".state.pt"))
+    held.acquire()
+    monkeypatch.setattr(StateLock, "WAIT", 0.2)
+    try:
+        with pytest.raises(ValueError, match="another training run still writes run.safetensors.state.pt"):
+            train(toy_task, fast_cfg(), out, progress=False)
+    finally:
+        held.release()
+    assert not out.exists() and not held.path.exists()
+    train(toy_task, fast_cfg(), out, progress=False)  # once released, the run goes ahead
+    assert out.exists() and not held.path.exists()
+
+
+def test_a_state_of_another_world_size_is_refused(toy_task, fast_cfg, tmp_path, monkeypatch):
+    from feedback_solver.checkpoints import load_state, save_state
+
+    out = tmp_path / "run.safetensors"
+    with monkeypatch.context() as m:
+        count_steps(m, crash_after=12)
+        with pytest.raises(Interrupted):
+            train(toy_task, fast_cfg(), out, progress=False)
+    state_path = tmp_path / "run.safetensors.state.pt"
+    save_state(state_path, load_state(state_path) | {"world_size": 2})
+    with pytest.raises(ValueError, match="written by a 2-rank run and this one has 1; resume it with 2 rank"):
+        train(toy_task, fast_cfg(), out, resume=True, progress=False)
 
 
 # --- refused checkpoints ----------------------------------------------------------------------------------------
