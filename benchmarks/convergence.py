@@ -11,12 +11,12 @@ import json
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from feedback_solver import registry
 from feedback_solver.bench import load_solver, summarise
 from feedback_solver.config import load_config
 from feedback_solver.problem import Batch
+from feedback_solver.progress import bar
 from feedback_solver.report import fmt_num
 
 EDGES = {"pose": [0.0, 0.001, 0.002, 0.005, 0.01, float("inf")]}
@@ -76,7 +76,7 @@ def main() -> None:
     chunk = int(task.cfg.bench.batch_size)
     steps = [int(s) for s in args.steps.split(",")]
     result = {"task": args.task, "split": args.split, "samples": args.samples, "seed": args.seed, "steps": {}}
-    for i, t in enumerate(tqdm(steps, desc=f"convergence {args.task}")):
+    for i, t in enumerate(bar(steps, desc=f"convergence {args.task}")):
         x, energy = solve(task, batch, t, chunk)
         result["steps"][t] = stats(task, batch, x)
         if i == 0:

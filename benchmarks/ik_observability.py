@@ -13,12 +13,12 @@ import json
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from feedback_solver import registry
 from feedback_solver.bench import load_solver, summarise
 from feedback_solver.config import load_config
 from feedback_solver.problem import Batch
+from feedback_solver.progress import bar
 
 PRIORS = ("chordal_mean", "euler_prior")
 
@@ -57,7 +57,7 @@ def retry_unmoved(task, batch: Batch, x: torch.Tensor, kind: str) -> torch.Tenso
     """Samples an L-BFGS run left at the truth (its first line search found no step) are solved again alone, from
     the truth moved by 0.001 rad (the data term brings the positions back)."""
     stuck = unmoved(task, x, batch.x).nonzero().flatten().tolist()
-    for i in tqdm(stuck, desc=f"oracle {kind}, samples left at the start, alone"):
+    for i in bar(stuck, desc=f"oracle {kind}, samples left at the start, alone"):
         x[i : i + 1] = oracle(task, batch.index(slice(i, i + 1)), kind, jitter=1e-3)
     return x
 
@@ -97,7 +97,7 @@ def main() -> None:
     chunks = [batch.index(slice(lo, lo + args.chunk)) for lo in range(0, len(batch), args.chunk)]
     xs = {"feedback": torch.cat([load_solver(task).solve(c.y, {}).x for c in chunks])}
     for kind in args.priors.split(","):
-        x = torch.cat([oracle(task, c, kind) for c in tqdm(chunks, desc=f"oracle {kind}")])
+        x = torch.cat([oracle(task, c, kind) for c in bar(chunks, desc=f"oracle {kind}")])
         xs[f"oracle_{kind}"] = retry_unmoved(task, batch, x, kind)
     names = [task.skeleton.names[int(j)] for j in task.active]
     result = {"task": "ik", "data": task.describe_data("test"), "samples": args.samples, "seed": args.seed,

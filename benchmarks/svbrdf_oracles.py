@@ -21,13 +21,13 @@ from typing import Callable
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from feedback_solver import registry
 from feedback_solver.bench import load_solver
 from feedback_solver.config import load_config
 from feedback_solver.feedback import energy_gradient
 from feedback_solver.problem import Batch
+from feedback_solver.progress import bar
 
 SWAPS = {"diffuse": slice(0, 3), "specular": slice(3, 6), "roughness": slice(6, 7), "normal": slice(7, 9),
          "specular_roughness": slice(3, 7)}  # the pair a flash photo confounds: a fit trades one for the other
@@ -63,7 +63,7 @@ def truth_misfit(task, batch: Batch) -> Callable[[Tensor], Tensor]:
 def estimates(task, solver, batch: Batch, iterations: int, chunk: int) -> dict[str, Tensor]:
     """R_0, R_6 and each fix of R_0, for every sample of the batch."""
     parts: dict[str, list[Tensor]] = {}
-    for lo in tqdm(range(0, len(batch), chunk), desc="svbrdf oracles"):
+    for lo in bar(range(0, len(batch), chunk), desc="svbrdf oracles"):
         b = batch.index(slice(lo, lo + chunk))
         res = solver.solve(b.y, b.ctx)
         x0 = res.trace.x[0]  # the solve's own R_0

@@ -16,22 +16,35 @@ if TYPE_CHECKING:
 
 @dataclass
 class Accepted:
-    """The next state, its prediction and energy when known, the step scale taken, and forward time spent."""
+    """The next state, its prediction and energy when known, the step scale taken, forward time spent, and which
+    samples' proposals were NaN or infinite (the step, its retraction or its render) and so rejected."""
 
     x: Tensor
     y_t: Tensor | None
     energy: Tensor | None
     lam: Tensor
     seconds: float
+    nonfinite: Tensor | None = None
+
+
+def finite_rows(t: Tensor) -> Tensor:
+    """Per sample: whether every entry of its row is finite."""
+    return torch.isfinite(t.flatten(1)).all(1)
 
 
 class AlwaysAccept:
-    """Take every proposed step in full (training, and the no-damping ablation)."""
+    """Take every proposed step in full (training, and the no-damping ablation), but never a NaN or infinite one."""
 
     def __call__(
         self, task: "Task", x: Tensor, dx: Tensor, y: Tensor, ctx: dict[str, Any], energy: Tensor, y_t: Tensor
     ) -> Accepted:
-        return Accepted(task.space.retract(x, dx), None, None, torch.ones(x.shape[0], device=x.device), 0.0)
+        cand = task.space.retract(x, torch.nan_to_num(dx, nan=0.0, posinf=0.0, neginf=0.0))
+        bad = ~(finite_rows(dx) & finite_rows(cand))
+        lam = torch.ones(x.shape[0], device=x.device)
+        if bad.any():
+            cand = torch.where(bad.view(-1, *[1] * (x.dim() - 1)), x, cand)
+            lam[bad] = 0.0
+        return Accepted(cand, None, None, lam, 0.0, bad)
 
 
 class LMDamping:
@@ -49,7 +62,8 @@ class LMDamping:
         n = x.shape[0]
         x_new, e_new, y_new = x.clone(), energy.clone(), y_t.clone()
         lam = torch.ones(n, device=x.device)
-        pending = torch.ones(n, dtype=torch.bool, device=x.device)
+        nonfinite = ~finite_rows(dx)  # a NaN step stays NaN at any scale: rejected at once, never rendered
+        pending, accepted = ~nonfinite, torch.zeros_like(nonfinite)
         seconds = 0.0
         for _ in range(self.max_halvings + 1):
             idx = pending.nonzero().squeeze(1)
@@ -57,13 +71,20 @@ class LMDamping:
                 break
             scale = lam[idx].view(-1, *[1] * (dx.dim() - 1))  # per sample, for vectors and maps alike
             cand = task.space.retract(x[idx], scale * dx[idx])
+            sane = finite_rows(cand)
+            nonfinite[idx[~sane]], pending[idx[~sane]] = True, False
+            idx, cand = idx[sane], cand[sane]
+            if idx.numel() == 0:
+                break
             start = time.perf_counter()
             y_cand = task.forward(cand, index_ctx(ctx, idx, n))
             seconds += time.perf_counter() - start
             e_cand = task.energy(y_cand, y[idx])
-            ok = torch.isfinite(e_cand) & (e_cand <= energy[idx])
+            finite = torch.isfinite(e_cand) & finite_rows(y_cand)
+            nonfinite[idx[~finite]] = True  # the forward model's NaN: a rejected trial, like a rising energy
+            ok = finite & ((e_cand <= energy[idx]) | ~torch.isfinite(energy[idx]))  # any finite beats a NaN
             x_new[idx[ok]], e_new[idx[ok]], y_new[idx[ok]] = cand[ok], e_cand[ok], y_cand[ok]
-            pending[idx[ok]] = False
+            pending[idx[ok]], accepted[idx[ok]] = False, True
             lam[idx[~ok]] *= self.factor
-        lam[pending] = 0.0
-        return Accepted(x_new, y_new, e_new, lam, seconds)
+        lam[~accepted] = 0.0
+        return Accepted(x_new, y_new, e_new, lam, seconds, nonfinite)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
-from tqdm.auto import tqdm
+from feedback_solver.progress import bar
 
 from feedback_solver import distributed
 from feedback_solver.baselines import OPTIMISERS
@@ -238,7 +238,7 @@ def run_bench(task: Task, cfg: DictConfig, out: str | os.PathLike, methods: list
     sub: dict[str, Any] = {"samples": len(subset), "note": f"the first {len(subset)} {split} samples: slow baselines "
                            "and `feedback` on the same samples, so time ratios compare like with like", "methods": {}}
     jobs = plan_jobs(task, cfg, methods, batch, subset, dist, partial(load_solver, task, folder=checkpoints))
-    for name, on_subset, job in tqdm(jobs, desc=f"bench {task.name}", disable=not (progress and dist.is_main)):
+    for name, on_subset, job in bar(jobs, progress and dist.is_main, desc=f"bench {task.name}"):
         parts = dist.gather(job())
         if dist.is_main:
             target, data = (sub["methods"], subset) if on_subset else (result["methods"], batch)

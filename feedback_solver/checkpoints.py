@@ -1,9 +1,11 @@
 """Checkpoints without pickled code: safetensors for shipped weights, weights-only torch files for training state."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 FORMAT = "feedback_solver/1"
+SEAL = "sha256"  # header field: seal() of the tensors and the other fields
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -32,11 +35,40 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     return path
 
 
+def seal(tensors: dict[str, torch.Tensor], header: dict[str, str]) -> str:
+    """SHA-256 of every tensor (name, dtype, shape, bytes) and every header field but the seal itself."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    for key in sorted(k for k in header if k != SEAL):
+        h.update(f"{key}={header[key]}|".encode())
+    return h.hexdigest()
+
+
 def save_model(path: str | os.PathLike, model: nn.Module, task: str, cfg: DictConfig, meta: dict[str, Any]) -> Path:
-    """Weights plus the config that rebuilds the model and the task name that guards against misuse."""
+    """Weights plus the config that rebuilds the model, the task name that guards against misuse, and their seal."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     header = {"format": FORMAT, "task": task, "config": OmegaConf.to_yaml(cfg), "meta": json.dumps(meta)}
+    return write_sealed(path, tensors, header)
+
+
+def write_sealed(path: str | os.PathLike, tensors: dict[str, torch.Tensor], header: dict[str, str]) -> Path:
+    """Write tensors and header atomically with the SHA-256 that read_model checks."""
+    header = {k: v for k, v in header.items() if k != SEAL} | {SEAL: seal(tensors, header)}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+
+
+def verify(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str]) -> None:
+    """Refuse a checkpoint whose bytes no longer match its seal; warn once about one written without a seal."""
+    if SEAL not in header:
+        warnings.warn(f"checkpoint {path} carries no SHA-256 (written before checkpoints were sealed); it cannot be "
+                      "verified", stacklevel=3)
+        return
+    if seal(tensors, header) != header[SEAL]:
+        raise ValueError(f"checkpoint {path} is corrupt: its tensors or settings do not match the SHA-256 it carries "
+                         "(a damaged or altered byte); copy or train it again")
 
 
 def read_model(path: str | os.PathLike, task: str) -> tuple[dict[str, torch.Tensor], DictConfig, dict[str, Any]]:
@@ -50,13 +82,20 @@ def read_model(path: str | os.PathLike, task: str) -> tuple[dict[str, torch.Tens
 
         with safe_open(str(path), "pt") as f:
             header = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as err:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"checkpoint {path} is truncated or not a safetensors file: {err}") from err
+    if SEAL in header:
+        verify(path, tensors, header)
     if header.get("format") != FORMAT:
         raise ValueError(f"checkpoint {path} was not written by feedback_solver (format {header.get('format')!r})")
+    if SEAL not in header:
+        verify(path, tensors, header)
     if header.get("task") != task:
         raise ValueError(f"checkpoint {path} belongs to task {header.get('task')!r}, not {task!r}")
-    return tensors, OmegaConf.create(header["config"]), json.loads(header.get("meta", "{}"))
+    try:
+        return tensors, OmegaConf.create(header["config"]), json.loads(header.get("meta", "{}"))
+    except Exception as err:  # omegaconf and json raise many types for a damaged header
+        raise ValueError(f"checkpoint {path} has an unreadable config or meta field ({type(err).__name__})") from err
 
 
 def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:

@@ -1,34 +1,64 @@
-"""`fbsolve`: list tasks, train, solve, benchmark, demo; every task through the same commands."""
+"""`fbsolve`: list tasks, train, solve, benchmark, demo; every task through the same commands.
+
+Only the standard library loads before the arguments are read: torch, the task and its renderer are imported by
+the command that needs them, so `fbsolve --help` and `fbsolve tasks` answer at once.
+"""
 from __future__ import annotations
 
 import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
-from feedback_solver import distributed, registry
-from feedback_solver.errors import OpenGLUnavailable
-from feedback_solver.config import load_config
-from feedback_solver.problem import Task
+from feedback_solver import registry
+from feedback_solver.errors import Echo, OpenGLUnavailable, RanksDisagree
+
+# what a user's input or environment can get wrong: one line on stderr and exit code 2, never a traceback
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotImplementedError, OSError, FloatingPointError,
+               OpenGLUnavailable, RanksDisagree)
 
 
-def base_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fbsolve", description=__doc__)
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2), as every other refusal of the CLI."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def count(low: int):
+    """An argparse type: an integer >= low."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    return parse
+
+
+def base_parser() -> Parser:
+    p = Parser(prog="fbsolve", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("tasks", help="list registered task plugins")
-    t = sub.add_parser("train", help="train a solver (shipped checkpoint path by default)")
+    t = sub.add_parser("train", help="train a solver (to the task's checkpoints/VARIANT.safetensors by default)")
     t.add_argument("--variant", default="feedback", help="config variant: feedback, feedback_shared, regression, ...")
-    t.add_argument("--out", help="checkpoint path (default: the task's checkpoints/<variant>.safetensors)")
-    t.add_argument("--resume", action="store_true", help="continue from <out>.state.pt")
+    t.add_argument("--out", help="checkpoint path (default: the task's checkpoints/VARIANT.safetensors); an existing "
+                                 "file, a shipped checkpoint above all, is replaced only with --overwrite")
+    t.add_argument("--overwrite", action="store_true", help="replace --out if it exists (e.g. a shipped checkpoint)")
+    t.add_argument("--resume", action="store_true", help="continue the interrupted run of <out>.state.pt")
     s = sub.add_parser("solve", help="solve a user's observation with a shipped checkpoint")
     s.add_argument("--checkpoint", help="model checkpoint (default: the shipped feedback checkpoint)")
-    s.add_argument("--steps", type=int, help="number of solver steps (default: as trained)")
+    s.add_argument("--steps", type=count(0), help="number of solver steps, >= 0 (default: as trained)")
     s.add_argument("--out", default="out/solve", help="output folder")
     b = sub.add_parser("bench", help="benchmark methods on the test split")
     b.add_argument("--out", default="out/bench", help="report folder")
-    b.add_argument("--samples", type=int, help="test samples (default: bench.samples)")
+    b.add_argument("--samples", type=count(1), help="test samples (default: bench.samples)")
     b.add_argument("--methods", help="comma-separated methods (default: bench.methods)")
-    b.add_argument("--seed", type=int, help="test sampling seed (default: seed)")
+    b.add_argument("--seed", type=count(0), help="test sampling seed (default: seed)")
     b.add_argument("--checkpoints", help="folder of <variant>.safetensors (default: the task's shipped ones)")
     b.add_argument("--split", choices=("test", "val"), default="test",
                    help="val: the validation split, for choosing checkpoints or settings without the test data")
@@ -36,14 +66,17 @@ def base_parser() -> argparse.ArgumentParser:
                    help="add these methods to the report already in --out (same samples and seed)")
     d = sub.add_parser("demo", help="solve and benchmark every task with its shipped checkpoints")
     d.add_argument("--out", default="out/demo")
-    d.add_argument("--samples", type=int, default=200)
+    d.add_argument("--samples", type=count(1), default=200)
     for q in (t, s, b):
         q.add_argument("task", help="registered task name (see `fbsolve tasks`)")
-        q.epilog = "Config overrides follow as key=value (e.g. train.iterations=100 solver.steps=6)."
+        q.epilog = ("Config overrides follow as key=value (e.g. train.iterations=100 solver.steps=6). "
+                    "train.iterations is per stage; the learned initializer's phase runs train.init_iterations.")
     return p
 
 
-def make_task(name: str, overrides: list[str], variant: str | None = None) -> tuple[Task, object]:
+def make_task(name: str, overrides: list[str], variant: str | None = None) -> tuple[Any, Any]:
+    from feedback_solver.config import load_config
+
     cls = registry.task_class(name)
     cfg = load_config(cls, overrides, variant)
     return cls(cfg), cfg
@@ -54,9 +87,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = base_parser()
     args, _ = parser.parse_known_args([a for a in argv if a not in ("-h", "--help")] if argv[2:] else argv)
     if args.command in ("train", "solve", "bench"):
-        cls = registry.task_class(args.task)
+        add = registry.cli_options(args.task)
         sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001 - argparse has no public API
-        cls.add_cli_options(sub, args.command)
+        add(sub, args.command)
     args, rest = parser.parse_known_args(argv)
     bad = [r for r in rest if r.startswith("-") or "=" not in r]
     if bad:
@@ -70,13 +103,42 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse(argv)
         return COMMANDS[args.command](args, argv)
-    except (ValueError, KeyError, FileNotFoundError, NotImplementedError, OpenGLUnavailable) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        if not isinstance(err, distributed.Echo):
-            print(f"fbsolve: error: {msg}", file=sys.stderr)
+    except USER_ERRORS as err:
+        if not isinstance(err, Echo):  # another rank's copy of rank 0's refusal: printed once, by rank 0
+            print(f"fbsolve: error: {message(err)}", file=sys.stderr)
         return 2
     finally:
-        distributed.teardown()
+        if "torch.distributed" in sys.modules:
+            from feedback_solver import distributed
+
+            distributed.teardown()
+
+
+def message(err: BaseException) -> str:
+    """The error as one line: its text (a KeyError's without quotes), else its type's name."""
+    text = err.args[0] if isinstance(err, KeyError) and err.args else err
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in str(text):
+        text = f"{err.filename}: {err.strerror or err}"
+    text = " ".join(str(text).split())
+    return text or f"{type(err).__name__} (no message)"
+
+
+def check_out_folder(path: Path) -> Path:
+    """--out of solve: a folder (made now), refused before any work when it names a file."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} is a file, not a folder; give a folder for the solution's files")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_out_checkpoint(path: Path, overwrite: bool) -> Path:
+    """--out of train: never replaces an existing checkpoint (a shipped one least of all) without --overwrite."""
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a folder; give the checkpoint's file name "
+                         f"(e.g. {path / 'feedback.safetensors'})")
+    if path.exists() and not overwrite:
+        raise ValueError(f"--out {path} exists; pass --overwrite to replace it, or give another --out")
+    return path
 
 
 def cmd_tasks(args: argparse.Namespace, argv: list[str]) -> int:
@@ -86,13 +148,15 @@ def cmd_tasks(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
+    from feedback_solver import distributed
     from feedback_solver.checkpoints import read_model
     from feedback_solver.train import train
 
     task, cfg = make_task(args.task, args.overrides, args.variant)
+    out = check_out_checkpoint(Path(args.out) if args.out else task.checkpoint_dir / f"{args.variant}.safetensors",
+                               args.overwrite)
     task.apply_cli_options(args, "train")
     dist = distributed.setup(cfg.device)  # under torchrun: joins the process group (gloo on CPU, NCCL on GPU)
-    out = Path(args.out) if args.out else task.checkpoint_dir / f"{args.variant}.safetensors"
     path = train(task, cfg, out, resume=args.resume, dist=dist)
     if dist.is_main and path == out:
         meta = read_model(out, task.name)[2]
@@ -102,8 +166,10 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_solve(args: argparse.Namespace, argv: list[str]) -> int:
+    from feedback_solver import distributed
     from feedback_solver.bench import load_solver
 
+    check_out_folder(Path(args.out))
     task, cfg = make_task(args.task, args.overrides)
     task.apply_cli_options(args, "solve")
     device = distributed.resolve_device(cfg.device)
@@ -114,12 +180,17 @@ def cmd_solve(args: argparse.Namespace, argv: list[str]) -> int:
     print(f"solved {len(batch)} observation(s) in {res.steps} steps, {res.seconds:.3f} s "
           f"(forward model {res.forward_seconds:.3f} s); E_data median {float(energy[:, 0].median()):.4g} -> "
           f"{float(energy[:, -1].median()):.4g}")
+    rejected = res.trace.nonfinite_count()
+    if rejected:
+        print(f"warning: {rejected} proposed step(s) were NaN or infinite and rejected (the state was kept)",
+              file=sys.stderr)
     for path in task.write_solution(res.x.cpu(), batch, args):
         print(f"wrote {path}")
     return 0
 
 
 def cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
+    from feedback_solver import distributed
     from feedback_solver.bench import run_bench
 
     task, cfg = make_task(args.task, args.overrides)

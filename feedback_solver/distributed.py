@@ -17,11 +17,9 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
+from feedback_solver.errors import Echo, RanksDisagree
+
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-class Echo(ValueError):
-    """Rank 0's refusal as another rank receives it: the CLI prints it once, from rank 0."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +76,7 @@ class Dist:
         seen = self.gather(value)
         if any(v != seen[0] for v in seen):
             detail = "; ".join(f"rank {r}: {v}" for r, v in enumerate(seen))
-            raise RuntimeError(f"ranks disagree on {what} before training ({detail}); stopping before any "
+            raise RanksDisagree(f"ranks disagree on {what} before training ({detail}); stopping before any "
                                "collective could mismatch")
 
     def mean(self, value: float) -> float:

@@ -1,5 +1,13 @@
-"""Errors that the CLI reports as one line (beside ValueError, KeyError and FileNotFoundError)."""
+"""Errors that the CLI reports as one line (beside ValueError, KeyError, FileNotFoundError and OSError)."""
 
 
 class OpenGLUnavailable(RuntimeError):
     """No usable headless OpenGL context; the message names the packages and PYOPENGL_PLATFORM."""
+
+
+class RanksDisagree(RuntimeError):
+    """The ranks of a distributed run hold different states before training; the message names them."""
+
+
+class Echo(ValueError):
+    """Rank 0's refusal as another rank receives it: the CLI prints it once, from rank 0."""

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from feedback_solver.progress import bar
 
 from feedback_solver.acceptance import AlwaysAccept, LMDamping
 from feedback_solver.feedback import Feedback
@@ -28,6 +28,7 @@ class Trace:
     x: list[Tensor] = field(default_factory=list)
     energy: list[Tensor] = field(default_factory=list)
     lam: list[Tensor] = field(default_factory=list)
+    nonfinite: list[Tensor] = field(default_factory=list)  # per step: samples whose proposal was NaN/inf, rejected
     forward_seconds: list[float] = field(default_factory=list)
     update_seconds: list[float] = field(default_factory=list)
     init_seconds: float = 0.0
@@ -39,6 +40,10 @@ class Trace:
 
     def lambdas(self) -> Tensor:
         return torch.stack(self.lam, 1) if self.lam else torch.zeros(len(self.x[0]), 0)
+
+    def nonfinite_count(self) -> int:
+        """Proposals (sample x step) rejected because the step, its retraction or its render was NaN or inf."""
+        return int(sum(int(b.sum()) for b in self.nonfinite))
 
 
 @dataclass
@@ -91,19 +96,30 @@ class FeedbackSolver(nn.Module):
         symmetries = self.task.symmetries() if self.symmetric and not self.training else []
         if not symmetries:
             dx, h = self.stages(t, fb.inputs, h)
-            return dx, h, fb
+            return self.check_step(dx, x, t), h, fb
         hs = h if h is not None else [None] * len(symmetries)
         steps, h = [], []
         for g, h_g in zip(symmetries, hs):  # each transform keeps its own recurrent state
             dx_g, h_g = self.stages(t, g.feedback(fb.inputs), h_g)
             steps.append(g.step(dx_g))
             h.append(h_g)
-        return torch.stack(steps).mean(0), h, fb
+        return self.check_step(torch.stack(steps).mean(0), x, t), h, fb
+
+    def check_step(self, dx: Tensor, x: Tensor, t: int) -> Tensor:
+        """A step of the space's tangent shape, or an error naming the net and the space (not one from retract)."""
+        want = self.task.space.tangent_zeros(x[:1]).shape[1:]
+        if dx.dim() == 0 or dx.shape[0] != x.shape[0] or dx.shape[1:] != want:
+            net = type(self.stages.net(t)).__name__
+            raise ValueError(f"task {self.task.name!r}: update net {net} (stage {t}) returned a step of shape "
+                             f"{tuple(dx.shape)}; the space {type(self.task.space).__name__} takes "
+                             f"(B, {', '.join(map(str, want))}) for B = {x.shape[0]} samples")
+        return dx
 
     @torch.no_grad()
     def solve(self, y: Tensor, ctx: dict[str, Any], steps: int | None = None, progress: bool = False) -> SolveResult:
         """Solve a batch; running past the trained number of steps repeats the last (or shared) stage."""
         steps = self.steps if steps is None else steps
+        check_observation(y)
         was_training = self.training
         self.eval()
         start = time.perf_counter()
@@ -120,7 +136,7 @@ class FeedbackSolver(nn.Module):
         """The feedback loop from x; the trace ends with the final state and its energy."""
         trace = Trace()
         h, y_t = None, None
-        for t in tqdm(range(steps), desc="solve", disable=not progress, leave=False):
+        for t in bar(range(steps), progress, desc="solve", leave=False):
             start = time.perf_counter()
             dx, h, fb = self.propose(t, x, y, ctx, h, y_t)
             update_s = time.perf_counter() - start - fb.seconds
@@ -131,6 +147,8 @@ class FeedbackSolver(nn.Module):
             trace.update_seconds.append(update_s + time.perf_counter() - start - acc.seconds)
             trace.forward_seconds.append(fb.seconds + acc.seconds)
             trace.lam.append(acc.lam)
+            none = torch.zeros_like(acc.lam, dtype=torch.bool)
+            trace.nonfinite.append(acc.nonfinite if acc.nonfinite is not None else none)
             x, y_t = acc.x, acc.y_t
         trace.x.append(x)
         start = time.perf_counter()
@@ -161,12 +179,14 @@ class FeedbackSolver(nn.Module):
         best = energies.argmin(0)
         won = (best > 0).nonzero().flatten()
         rows, dst = (best[won] - 1) * n + won, redo[won]
-        trace.x, trace.energy, trace.lam = ([v.clone() for v in vs] for vs in (trace.x, trace.energy, trace.lam))
+        trace.x, trace.energy, trace.lam, trace.nonfinite = (
+            [v.clone() for v in vs] for vs in (trace.x, trace.energy, trace.lam, trace.nonfinite))
         for t in range(len(trace.x)):
             trace.x[t][dst] = again.x[t][rows]
             trace.energy[t][dst] = again.energy[t][rows]
         for t in range(len(trace.lam)):
             trace.lam[t][dst] = again.lam[t][rows]
+            trace.nonfinite[t][dst] = again.nonfinite[t][rows]
         trace.forward_seconds = [a + b for a, b in zip(trace.forward_seconds, again.forward_seconds)]
         trace.update_seconds = [a + b for a, b in zip(trace.update_seconds, again.update_seconds)]
         trace.restarted[dst] = True
@@ -180,6 +200,14 @@ class FeedbackSolver(nn.Module):
             x = self.task.space.retract(x, dx)
             states.append(x)
         return states
+
+
+def check_observation(y: Tensor) -> None:
+    """Refuse NaN or infinite observations before any work: no step could fit them, and NaN energies hide it."""
+    bad = (~torch.isfinite(y.flatten(1))).any(1).nonzero().flatten().tolist() if y.dim() else []
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ValueError(f"observation y of sample(s) {bad[:5]}{more} contains NaN or inf; nothing to solve")
 
 
 def build_solver(task: "Task", cfg: DictConfig) -> FeedbackSolver:

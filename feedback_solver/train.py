@@ -11,7 +11,7 @@ import torch
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from feedback_solver.progress import bar as progress_bar
 
 from feedback_solver import distributed
 from feedback_solver.checkpoints import load_matching, load_state, matching, read_model, save_model, save_state
@@ -401,7 +401,7 @@ def run_phase(run: Run, solver: FeedbackSolver, p_idx: int, first: int, state: d
         sched.load_state_dict(state["scheduler"])
     freeze_except(solver, params)
     model = distributed.wrap(PhaseLoss(solver, phase, tcfg.supervision), dist)
-    bar = tqdm(range(first, phase.iterations), desc=f"{run.task.name} {phase.name}", disable=not run.progress,
+    bar = progress_bar(range(first, phase.iterations), run.progress, desc=f"{run.task.name} {phase.name}",
                initial=first, total=phase.iterations, mininterval=2.0)
     solver.train()
     tick = log_tick = time.perf_counter()
@@ -458,7 +458,7 @@ def pool_batch(run: Run, phase: Phase, seed: int) -> tuple[Batch, tuple[Tensor, 
     return pool.batch.index(idx), states
 
 
-def log(run: Run, solver: FeedbackSolver, phase: Phase, bar: tqdm, window: list[float], seconds: float) -> None:
+def log(run: Run, solver: FeedbackSolver, phase: Phase, bar, window: list[float], seconds: float) -> None:
     """Loss (mean over ranks and the last log_every iterations), validation distance and samples per second."""
     loss = run.dist.mean(sum(window) / len(window))
     run.losses.setdefault(phase.name, []).append(round(loss, 6))

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from feedback_solver.problem import Batch, Task
 from feedback_solver.spaces import Rotation6D, degrees
-from tasks.ik import data
+from tasks.ik import data, options
 from tasks.ik.nets import IKInitializer, IKUpdate
 from tasks.ik.skeleton import Clip, check_compatible, load_bvh, matrix_to_euler, write_bvh
 
@@ -171,9 +171,7 @@ class IKTask(Task):
 
     @classmethod
     def add_cli_options(cls, parser: argparse.ArgumentParser, command: str) -> None:
-        if command in ("solve", "bench"):
-            parser.add_argument("--bvh", help="CMU-skeleton BVH clip whose joint positions are solved")
-            parser.add_argument("--frames", help="frame range A:B of the clip (solve: default 1:11)")
+        options.add_cli_options(parser, command)
 
     def apply_cli_options(self, args: argparse.Namespace, command: str) -> None:
         if getattr(args, "bvh", None):

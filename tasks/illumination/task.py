@@ -27,7 +27,7 @@ from feedback_solver.render import Camera, render_parallel
 from feedback_solver.render.mesh import mesh_folder
 from feedback_solver.render.shaded import KINDS, Lighting, ShadedRenderer, shaded_renderer
 from feedback_solver.spaces import Shell
-from tasks.illumination import mitsuba
+from tasks.illumination import mitsuba, options
 from tasks.illumination.nets import LightInitializer, LightUpdate
 from tasks.pose import meshes
 
@@ -213,14 +213,7 @@ class IlluminationTask(Task):
     # --- command line ----------------------------------------------------------------------------------
     @classmethod
     def add_cli_options(cls, parser: argparse.ArgumentParser, command: str) -> None:
-        need = command == "solve"
-        parser.add_argument("--light", choices=KINDS, required=need,
-                            help="light kind" + ("" if need else " (default: both for bench, point for train)"))
-        if command == "solve":
-            parser.add_argument("--mesh", required=True, help="the object's mesh (OBJ/STL/PLY/GLB), canonical pose")
-            parser.add_argument("--image", required=True, help="RGB PNG of the trained size")
-        if command == "bench":
-            parser.add_argument("--meshes", help="folder of meshes to evaluate on instead of the test objects")
+        options.add_cli_options(parser, command)
 
     def apply_cli_options(self, args: argparse.Namespace, command: str) -> None:
         light = getattr(args, "light", None)

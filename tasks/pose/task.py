@@ -21,7 +21,7 @@ from feedback_solver.problem import Batch, Task
 from feedback_solver.render import Camera, SilhouetteRenderer, render_parallel, renderer
 from feedback_solver.render.mesh import mesh_folder
 from feedback_solver.spaces import QuaternionTranslation, degrees
-from tasks.pose import meshes, mitsuba
+from tasks.pose import meshes, mitsuba, options
 from tasks.pose.nets import PoseInitializer, PoseUpdate
 
 SPLIT_OFFSETS = {"train": 0, "val": 5_555_555, "test": 9_999_991}
@@ -188,11 +188,7 @@ class PoseTask(Task):
     # --- command line ----------------------------------------------------------------------------------
     @classmethod
     def add_cli_options(cls, parser: argparse.ArgumentParser, command: str) -> None:
-        if command == "solve":
-            parser.add_argument("--mesh", required=True, help="the object's mesh (OBJ/STL/PLY/GLB)")
-            parser.add_argument("--silhouette", required=True, help="binary mask PNG of the trained size")
-        if command == "bench":
-            parser.add_argument("--meshes", help="folder of meshes to evaluate on instead of the test objects")
+        options.add_cli_options(parser, command)
 
     def apply_cli_options(self, args: argparse.Namespace, command: str) -> None:
         if command == "bench" and getattr(args, "meshes", None):

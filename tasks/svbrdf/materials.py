@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from tqdm.auto import tqdm
+from feedback_solver.progress import bar
 
 SYSTEM_GK = Path("/usr/share/games/cube2/packages")
 GK_SUBDIR = Path("gk") / "fantasy"
@@ -392,7 +392,7 @@ def folder_set(folder: Path, size: int, crops_per_material: int, seed: int) -> t
     """Any folder of map sets (one subfolder per material) as a test set, crops as `real_set`."""
     mats = sorted(find_materials(Path(folder)), key=lambda f: f.name)
     maps, names = [], []
-    for k, files in enumerate(tqdm(mats, desc="materials", leave=False, disable=len(mats) < 8)):
+    for k, files in enumerate(bar(mats, len(mats) >= 8, desc="materials", leave=False)):
         for c, x in enumerate(material_crops(files, size, crops_per_material, seed, k)):
             maps.append(x)
             names.append(f"{files.name}/crop{c}")

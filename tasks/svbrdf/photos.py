@@ -11,12 +11,12 @@ from PIL import Image
 from torch import Tensor
 
 from feedback_solver.images import open_image
-from tasks.svbrdf import materials, render
+from tasks.svbrdf import materials, options, render
 
 if TYPE_CHECKING:
     from tasks.svbrdf.task import SVBRDFTask
 
-MIN_SIDE = 64  # the update net and U-Net need at least 4 levels of 2x downsampling with room to spare
+MIN_SIDE = options.MIN_SIDE
 SATURATED = 0.98
 
 

@@ -17,12 +17,12 @@ from torch import Tensor, nn
 
 from feedback_solver.problem import Batch, Task
 from feedback_solver.spaces import Maps
-from tasks.svbrdf import photos, procedural, render
+from tasks.svbrdf import options, photos, procedural, render
 from tasks.svbrdf.nets import MapUpdate, UNetInitializer
 
 #: the procedural generator's seed ranges per split (data seeds are < 2^31, so the splits never share a material)
 SPLIT_KEYS = {"train": 0, "val": 1, "test": 2}
-DATA = ("procedural", "real")
+DATA = options.DATA
 LOW = [0.0] * 6 + [render.MIN_ROUGHNESS, -1.0, -1.0]
 HIGH = [1.0] * 9
 MAP_SLICES = {"diffuse": slice(0, 3), "specular": slice(3, 6), "roughness": slice(6, 7)}
@@ -198,14 +198,7 @@ class SVBRDFTask(Task):
     # --- command line ------------------------------------------------------------------------------
     @classmethod
     def add_cli_options(cls, parser: argparse.ArgumentParser, command: str) -> None:
-        if command == "solve":
-            parser.add_argument("--image", required=True, help="a flash photo of a flat material (RGB, 8 bit)")
-            parser.add_argument("--size", type=int, default=None,
-                                help="solve at this side in pixels (default: task.size); the photo's centre square "
-                                     "is resized to it")
-        if command == "bench":
-            parser.add_argument("--data", choices=DATA, help="one test set (default: both)")
-            parser.add_argument("--materials", help="folder of real material map sets, one subfolder per material")
+        options.add_cli_options(parser, command)
 
     def apply_cli_options(self, args: argparse.Namespace, command: str) -> None:
         if command != "bench":
