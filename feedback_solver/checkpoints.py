@@ -132,6 +132,12 @@ def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
     """Read training state with weights_only=True, so a doctored file cannot run code."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise ValueError(f"training state {path} is truncated or corrupt ({err}); delete it to start afresh") from err
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # torch.load raises many types (pickle, zip, struct, index) for a damaged file
+        raise ValueError(f"training state {path} is truncated or corrupt ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:160]}); delete it to start afresh") from err
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"training state {path} is not a feedback_solver training state; delete it to start afresh")
+    return state

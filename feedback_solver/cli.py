@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +99,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def one_line_warning(message: Warning | str, category: type, filename: str, lineno: int, file=None,
+                     line: str | None = None) -> None:
+    """Warnings as a user reads them: `fbsolve: warning: ...`, one line, without the source line."""
+    print(f"fbsolve: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    warnings.showwarning = one_line_warning
     try:
         args = parse(argv)
         return COMMANDS[args.command](args, argv)

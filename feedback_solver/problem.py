@@ -26,6 +26,12 @@ def index_ctx(ctx: dict[str, Any], idx: Tensor, batch_size: int) -> dict[str, An
     return out
 
 
+def missing(task: Any, hook: str) -> NotImplementedError:
+    """The error of a required hook a plugin did not write, naming the plugin class and the hook."""
+    return NotImplementedError(f"task {getattr(task, 'name', '?')!r} ({type(task).__name__}) does not implement "
+                               f"Task.{hook}, which this command needs")
+
+
 @dataclass
 class Batch:
     """Observations y with their context and, for synthetic data, the true parameters x."""
@@ -86,10 +92,10 @@ class Task:
     # --- the physics -------------------------------------------------------------------------
     @property
     def space(self) -> Space:
-        raise NotImplementedError
+        raise missing(self, "space")
 
     def forward(self, x: Tensor, ctx: dict[str, Any]) -> Tensor:
-        raise NotImplementedError
+        raise missing(self, "forward")
 
     def surrogate_forward(self, x: Tensor, ctx: dict[str, Any]) -> Tensor:
         """Differentiable stand-in for `forward`; tasks with a differentiable forward use it as is."""
@@ -112,18 +118,18 @@ class Task:
 
     # --- data and evaluation -----------------------------------------------------------------
     def sample(self, n: int, split: str, seed: int) -> Batch:
-        raise NotImplementedError
+        raise missing(self, "sample")
 
     def initial(self, batch: Batch) -> Tensor:
         """Constant or analytic start x0 for solvers without a learned initializer and for the baselines."""
-        raise NotImplementedError
+        raise missing(self, "initial")
 
     def restart_starts(self, batch: Batch, count: int) -> Tensor:
         """Other starts (count, B, D) for samples the solver left at a high energy (`solver.restarts`)."""
         raise NotImplementedError(f"task {self.name!r} gives no restart starts; set solver.restarts.starts=0")
 
     def metrics(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any]) -> dict[str, Tensor]:
-        raise NotImplementedError
+        raise missing(self, "metrics")
 
     def curve_metric(self, xs: list[Tensor], x_true: Tensor, ctx: dict[str, Any], name: str) -> list[Tensor]:
         """One metric per sample at each state of a curve (a task may compute it alone, or share work across states)."""
@@ -164,7 +170,7 @@ class Task:
     # --- learned parts -------------------------------------------------------------------------
     def make_update(self, inputs: list[str], model: DictConfig) -> nn.Module:
         """One update net from the config's `model` section: forward(fb: dict[str, Tensor], h) -> (dx tangent, h)."""
-        raise NotImplementedError
+        raise missing(self, "make_update")
 
     def make_initializer(self, model: DictConfig) -> nn.Module | None:
         """A learned initializer: forward(y, ctx, x0) -> x0', or None for the constant/analytic start."""
@@ -224,4 +230,4 @@ class Task:
 
     def write_solution(self, x: Tensor, batch: Batch, args: argparse.Namespace) -> list[Path]:
         """Write the recovered parameters of `fbsolve solve`; returns the files written."""
-        raise NotImplementedError
+        raise missing(self, "write_solution")

@@ -414,10 +414,12 @@ def run_phase(run: Run, solver: FeedbackSolver, p_idx: int, first: int, state: d
     for it in bar:
         step_start = time.perf_counter()
         seed = data_seed(run.cfg.seed, p_idx, it, dist.rank, dist.world_size)
-        loss = model(*pool_batch(run, phase, seed)) if pooled else model(
-            run.task.sample(run.per_rank, "train", seed).to(dist.device))
+        fresh = None if pooled else run.task.sample(run.per_rank, "train", seed).to(dist.device)
+        inputs = pool_batch(run, phase, seed) if pooled else (fresh,)
+        loss = model(*inputs)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"{phase.name} iteration {it}: loss is {loss.item()}; lower train.lr")
+            raise FloatingPointError(f"{phase.name} iteration {it}: loss is {loss.item()}; "
+                                     f"{nonfinite_cause(run.task, inputs[0])}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -435,6 +437,19 @@ def run_phase(run: Run, solver: FeedbackSolver, p_idx: int, first: int, state: d
             bar.close()
             raise Paused
     bar.close()
+
+
+@torch.no_grad()
+def nonfinite_cause(task: Task, batch: Batch) -> str:
+    """Why a loss is not finite: the task's data or forward model when they are, else the optimiser's step."""
+    name = f"task {task.name!r}"
+    if not torch.isfinite(batch.y).all():
+        return f"{name}: sample() gave observations with NaN or inf"
+    if batch.x is not None and not torch.isfinite(batch.x).all():
+        return f"{name}: sample() gave true parameters with NaN or inf"
+    if batch.x is not None and not torch.isfinite(task.forward(batch.x, batch.ctx)).all():
+        return f"{name}: forward() returned NaN or inf for the training samples' true parameters"
+    return "the data and the forward model are finite: lower train.lr"
 
 
 def warm_start(solver: FeedbackSolver, phase: Phase) -> None:

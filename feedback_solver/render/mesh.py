@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -35,19 +36,41 @@ def load_mesh(path: str | os.PathLike) -> trimesh.Trimesh:
         raise ValueError(f"mesh {path} has no faces (a point cloud or an empty scene); give a triangle mesh")
     if not np.isfinite(mesh.vertices).all():
         raise ValueError(f"mesh {path} has non-finite vertex coordinates")
-    if float(mesh.bounding_sphere.primitive.radius) <= 0:
+    faces = np.asarray(mesh.faces)
+    if faces.ndim != 2 or faces.shape[1] != 3 or faces.min() < 0 or faces.max() >= len(mesh.vertices):
+        raise ValueError(f"mesh {path} has faces that index missing vertices")
+    used = mesh.vertices[np.unique(faces)]
+    if not (np.ptp(used, axis=0) > 0).any():
         raise ValueError(f"mesh {path} is degenerate (all vertices coincide)")
-    return normalise(mesh)
+    if not float(mesh.area) > 1e-12 * float(np.ptp(used, axis=0).max()) ** 2:
+        raise ValueError(f"mesh {path} has no surface: every triangle is degenerate (zero area)")
+    try:
+        return normalise(mesh)
+    except Exception as err:  # the bounding sphere of a near-degenerate mesh can fail inside scipy
+        raise ValueError(f"mesh {path} cannot be normalised ({type(err).__name__}: {err})") from err
 
 
 def mesh_folder(folder: str | os.PathLike, load: Callable[[str], trimesh.Trimesh]) -> list[str]:
-    """Every mesh file of a user's folder (`bench --meshes`), each loaded now so a broken one fails with its name."""
+    """Every usable mesh of a user's folder (`bench --meshes`), each loaded now; what is skipped (another format, a
+    file that does not load) is listed on stderr with the reason, and a folder with no usable mesh is an error."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"--meshes {folder} is not a folder")
-    found = sorted(str(p.resolve()) for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
+    found, skipped = [], []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir() or p.suffix.lower() not in SUFFIXES:
+            skipped.append(f"{p.name} ({'a folder' if p.is_dir() else 'not ' + '/'.join(SUFFIXES)})")
+            continue
+        try:
+            load(str(p.resolve()))
+        except ValueError as err:
+            skipped.append(f"{p.name} ({str(err).removeprefix(f'mesh {p.resolve()} ')})")
+            continue
+        found.append(str(p.resolve()))
+    if skipped:
+        print(f"--meshes {folder}: skipped {len(skipped)}: {'; '.join(skipped)}", file=sys.stderr)
     if not found:
-        raise ValueError(f"--meshes {folder}: no mesh files ({', '.join(SUFFIXES)})")
-    for name in found:
-        load(name)
+        raise ValueError(f"--meshes {folder}: no usable mesh file ({', '.join(SUFFIXES)})")
     return found

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import errno
 import io
+import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,6 +162,8 @@ def _split_motion(text: str, path: Path) -> tuple[list[str], int, float, str]:
         n_frames, frame_time = int(frames_tok[1]), float(time_tok[2])
     except ValueError:
         raise _not_bvh(path, f"bad frame count or frame time: {frames_tok[1]!r}, {time_tok[2]!r}") from None
+    if n_frames < 1 or not 0 < frame_time < math.inf:
+        raise _not_bvh(path, f"needs at least one frame and a positive frame time, got {n_frames} and {frame_time}")
     return lines[:motion_at], n_frames, frame_time, "\n".join(lines[time_at + 1:])
 
 
@@ -189,8 +193,8 @@ def _parse_hierarchy(path: Path) -> list[bvhio.BvhJoint]:
         container = bvhio.readAsBvh(str(path), loadKeyFrames=False)
     except SyntaxError as err:
         raise _not_bvh(path, f"{err.msg} (line {err.lineno})") from None
-    except (IndexError, ValueError, StopIteration) as err:
-        raise _not_bvh(path, f"malformed hierarchy ({type(err).__name__}: {err})") from None
+    except Exception as err:  # bvhio raises many types for a malformed hierarchy
+        raise _not_bvh(path, f"malformed hierarchy ({type(err).__name__}: {' '.join(str(err).split())})") from None
     return [joint for joint, _, _ in container.Root.layout()]
 
 
@@ -228,14 +232,27 @@ def _build_skeleton(joints: list[bvhio.BvhJoint], header: list[str], path: Path)
 
 
 def _motion_array(motion: str, n_frames: int, n_channels: int, path: Path) -> np.ndarray:
-    """Parse all motion numbers in one call and check there are exactly frames x channels of them."""
+    """The motion numbers as (frames, channels): every row exactly n_channels finite numbers, n_frames rows (one
+    trailing row more, which many exporters write, is dropped with a warning)."""
+    rows = [line.split() for line in motion.splitlines() if line.strip()]
+    bad = next((i for i, r in enumerate(rows) if len(r) != n_channels), None)
+    if bad is not None:
+        raise _not_bvh(path, f"motion row {bad + 1} has {len(rows[bad])} numbers; the hierarchy has {n_channels} "
+                             "channels")
+    if len(rows) == n_frames + 1:
+        warnings.warn(f"{path}: motion has one row more than 'Frames: {n_frames}'; the last row is ignored",
+                      stacklevel=3)
+        rows = rows[:n_frames]
+    if len(rows) != n_frames:
+        raise _not_bvh(path, f"motion has {len(rows)} rows, but 'Frames:' says {n_frames}")
     try:
-        values = np.array(motion.split(), dtype=np.float64)
+        values = np.array(rows, dtype=np.float64).reshape(n_frames, n_channels)
     except ValueError as err:
         raise _not_bvh(path, f"non-numeric motion data ({err})") from None
-    if values.size != n_frames * n_channels:
-        raise _not_bvh(path, f"motion has {values.size} numbers, expected {n_frames} frames x {n_channels} channels")
-    return values.reshape(n_frames, n_channels)
+    finite = np.isfinite(values).all(1)
+    if not finite.all():
+        raise _not_bvh(path, f"motion row {int(np.argmin(finite)) + 1} holds NaN or infinite values")
+    return values
 
 
 def _motion_to_tensors(skeleton: Skeleton, joints: list[bvhio.BvhJoint], data: np.ndarray) -> tuple[Tensor, Tensor]:

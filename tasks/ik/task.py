@@ -30,6 +30,7 @@ class IKTask(Task):
         self.train_clip = load_bvh(cfg.task.train_bvh)
         self.test_bvh = str(cfg.task.test_bvh)
         self.frames: slice | None = None
+        self.frames_default = False  # `frames` is solve's default, not the user's --frames
         rot = self.train_clip.rotations[1:]
         spread = roma.rotmat_geodesic_distance(rot, rot[:1]).amax(0)
         self.active = (spread > 1e-4).nonzero().squeeze(1)
@@ -94,9 +95,19 @@ class IKTask(Task):
             return self.make_batch(data.augment(rot, self.moving, self.orders, self.std_deg, self.aug, gen))
         if split == "test":
             clip = self.load_clip(self.test_bvh)
-            frames = data.test_frames(clip, n) if self.frames is None else torch.arange(len(clip.rotations))[self.frames]
+            frames = data.test_frames(clip, n) if self.frames is None else self.frame_range(clip)
             return self.make_batch(clip.rotations[frames])
         raise ValueError(f"split must be train, val or test, got {split!r}")
+
+    def frame_range(self, clip: Clip) -> Tensor:
+        """The frames of --frames A:B (B exclusive), refused unless 0 <= A < B <= the clip's frame count."""
+        n, a, b = len(clip.rotations), self.frames.start, self.frames.stop
+        if self.frames_default:  # solve's default 1:11, on a clip that may be shorter
+            a, b = min(a, n - 1), min(b, n)
+        if not 0 <= a < b <= n:
+            raise ValueError(f"--frames {a}:{b} does not lie in {self.test_bvh}'s {n} frames (A:B with "
+                             f"0 <= A < B <= {n})")
+        return torch.arange(a, b)
 
     def load_clip(self, path: str) -> Clip:
         """A user's clip, refused unless it has the training skeleton."""
@@ -176,6 +187,7 @@ class IKTask(Task):
     def apply_cli_options(self, args: argparse.Namespace, command: str) -> None:
         if getattr(args, "bvh", None):
             self.test_bvh = args.bvh
+        self.frames_default = not getattr(args, "frames", None) and command == "solve"
         frames = getattr(args, "frames", None) or ("1:11" if command == "solve" else None)
         if frames:
             try:
@@ -186,9 +198,7 @@ class IKTask(Task):
 
     def load_observation(self, args: argparse.Namespace) -> Batch:
         clip = self.load_clip(self.test_bvh)
-        frames = torch.arange(len(clip.rotations))[self.frames]
-        if frames.numel() == 0:
-            raise ValueError(f"--frames {args.frames} selects no frame of {self.test_bvh} ({len(clip.rotations)} frames)")
+        frames = self.frame_range(clip)
         batch = self.make_batch(clip.rotations[frames])
         batch.ctx.update(frames=frames, root_positions=clip.root_positions[frames], frame_time=clip.frame_time)
         return batch

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch import Tensor, nn
 
-from feedback_solver.images import open_image
+from feedback_solver.images import opaque_rgb, open_image
 from feedback_solver.problem import Batch, Task
 from feedback_solver.render import Camera, render_parallel
 from feedback_solver.render.mesh import mesh_folder
@@ -249,11 +249,9 @@ def read_image(path: str | Path, size: int) -> Tensor:
     """An RGB image of the trained size as a (1, 3, S, S) tensor in [0, 1]."""
     path = Path(path)
     img = open_image(path, "image")
-    if img.mode not in ("RGB", "RGBA"):
-        raise ValueError(f"image {path} has mode {img.mode} ({len(img.getbands())} channel(s)); give an RGB image")
     if img.size != (size, size):
         raise ValueError(f"image {path} is {img.size[0]}x{img.size[1]}; the solver was trained on {size}x{size}")
-    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    arr = np.asarray(opaque_rgb(img, path, "image"), dtype=np.float32) / 255.0
     if arr.max() == 0:
         raise ValueError(f"image {path} is black: nothing is lit")
     return torch.from_numpy(arr).permute(2, 0, 1)[None]

@@ -58,6 +58,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+
+from feedback_solver.images import open_image
 from feedback_solver.progress import bar
 
 SYSTEM_GK = Path("/usr/share/games/cube2/packages")
@@ -232,14 +234,26 @@ def material_files(folder: Path, name: str | None = None) -> MaterialFiles:
 
 
 def find_materials(folder: Path) -> list[MaterialFiles]:
-    """Every material of a folder: one per subfolder holding images (sorted by name), or the folder itself."""
+    """Every material of a folder: one per subfolder holding a colour map (sorted by name), or the folder itself.
+
+    Subfolders that are not materials (no colour map) are listed on stderr and skipped; none at all is an error.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"material folder {folder} does not exist")
     subs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".") and _images(d))
-    if subs:
-        return [material_files(d) for d in subs]
-    if any(_role(f) and _role(f)[1] in ("color", "gk_color") for f in _images(folder)):
+    found, skipped = [], []
+    for d in subs:
+        try:
+            found.append(material_files(d))
+        except ValueError:
+            skipped.append(f"{d.name} (no colour map among {', '.join(f.name for f in _images(d)[:4])})")
+    if skipped:
+        print(f"material folder {folder}: skipped {len(skipped)} subfolder(s) that are not materials: "
+              f"{'; '.join(skipped)}", file=sys.stderr)
+    if found:
+        return found
+    if not subs and any(_role(f) and _role(f)[1] in ("color", "gk_color") for f in _images(folder)):
         return [material_files(folder)]
     raise ValueError(f"{folder} holds no material subfolder (one subfolder of maps per material); accepted names: "
                      f"colour {COLOR_NAMES}; normal *_nm, normal, nrm, *_n; specular *_sc, specular, spec; "
@@ -251,13 +265,16 @@ def find_materials(folder: Path) -> list[MaterialFiles]:
 
 def read_image(path: Path) -> np.ndarray:
     """(H, W, 3) float32 in [0, 1] from any 8/16-bit PIL mode (palette, grey, alpha dropped)."""
-    with Image.open(path) as im:
+    im = open_image(path, "material map")
+    try:
         if im.mode in ("I;16", "I;16L", "I;16B", "I"):
             a = np.asarray(im, dtype=np.float32) / 65535.0
         elif im.mode == "F":
-            a = np.asarray(im, dtype=np.float32)
+            a = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
         else:
             a = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except (ValueError, OSError) as err:
+        raise ValueError(f"material map {path}: mode {im.mode} does not convert to RGB ({err})") from err
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
     return np.clip(a, 0.0, 1.0)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from feedback_solver.images import open_image
+from feedback_solver.images import opaque_rgb, open_image
 from tasks.svbrdf import materials, options, render
 
 if TYPE_CHECKING:
@@ -35,9 +35,9 @@ def read_photo(path: str | Path, size: int) -> Tensor:
     img = open_image(path, "photo")
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
         raise ValueError(f"photo {path} is a {img.mode} (16-bit or float) image; give an 8-bit sRGB RGB photo")
-    if img.mode in ("L", "LA", "1"):
+    if img.mode in ("L", "LA", "La", "1"):
         raise ValueError(f"photo {path} is grayscale ({img.mode}); the solver needs an RGB flash photo")
-    img = img.convert("RGB")
+    img = opaque_rgb(img, path, "photo")
     w, h = img.size
     side = min(w, h)
     if side < MIN_SIDE:
