@@ -132,9 +132,9 @@ def message(err: BaseException) -> str:
 
 
 def check_out_folder(path: Path) -> Path:
-    """--out of solve: a folder (made now), refused before any work when it names a file."""
+    """--out of solve, bench and demo: a folder (made now), refused before any work when it names a file."""
     if path.exists() and not path.is_dir():
-        raise ValueError(f"--out {path} is a file, not a folder; give a folder for the solution's files")
+        raise ValueError(f"--out {path} is a file, not a folder; give a folder for the output files")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -201,6 +201,7 @@ def cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
     from feedback_solver import distributed
     from feedback_solver.bench import run_bench
 
+    check_out_folder(Path(args.out))
     task, cfg = make_task(args.task, args.overrides)
     task.apply_cli_options(args, "bench")
     methods = args.methods.split(",") if args.methods else None
@@ -217,6 +218,7 @@ def cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
 
 def cmd_demo(args: argparse.Namespace, argv: list[str]) -> int:
     """Each registered task with shipped checkpoints: a benchmark of the learned solver against its baselines."""
+    check_out_folder(Path(args.out))
     for name in sorted(registry.available()):
         task, _ = make_task(name, [])
         if not (task.checkpoint_dir / "feedback.safetensors").exists():

@@ -22,7 +22,7 @@ def open_image(path: str | Path, what: str) -> Image.Image:
             img = Image.open(path)
             img.load()
     except Exception as err:  # PIL raises many types for a broken or hostile file
-        raise ValueError(f"{what} {path} is not a readable image ({type(err).__name__}: {one_line(err)})") from err
+        raise ValueError(f"{what} {path} is not an image ({type(err).__name__}: {one_line(err)})") from err
     if img.width < 1 or img.height < 1:
         raise ValueError(f"{what} {path} has no pixels ({img.width}x{img.height})")
     return img
@@ -39,8 +39,7 @@ def has_alpha(img: Image.Image) -> bool:
 def opaque_rgb(img: Image.Image, path: Path, what: str) -> Image.Image:
     """An RGB version of a colour image; refused when its mode is not colour or some pixels are transparent."""
     if img.mode not in COLOUR_MODES:
-        raise ValueError(f"{what} {path} has mode {img.mode} ({len(img.getbands())} channel(s)); give an 8-bit RGB "
-                         "image")
+        raise ValueError(f"{what} {path} has mode {img.mode} ({len(img.getbands())} channel(s)); give an RGB image")
     if has_alpha(img):
         alpha = np.asarray(img.convert("RGBA"))[..., 3]
         if (alpha < 255).any():

@@ -68,6 +68,7 @@ def test_an_out_that_is_a_file_is_refused_before_any_work(capsys, tmp_path, phot
     monkeypatch.setattr("feedback_solver.bench.load_solver", lambda *a, **k: pytest.fail("solved anyway"))
     refused(capsys, "solve", "svbrdf", "--image", photo, "--out", taken, match=f"--out {taken} is a file")
     refused(capsys, "solve", "ik", "--bvh", clip(tmp_path, 20), "--out", taken, match="is a file, not a folder")
+    refused(capsys, "bench", "toy", "--out", taken, match="is a file, not a folder")
     assert taken.read_text() == "a user's file"
 
 

@@ -187,12 +187,17 @@ def test_resume_matches_an_uninterrupted_run(toy_task, fast_cfg, tmp_path, monke
     assert max_diff(ref, weights(out)) <= 1e-6
 
 
-def test_resume_refuses_a_state_of_another_config(toy_task, fast_cfg, tmp_path, monkeypatch):
-    out = tmp_path / "run.safetensors"
+def interrupted_run(task, cfg, out, monkeypatch) -> None:
+    """A run killed at its 13th step, after its first checkpoint: `out`.state.pt is left behind."""
     with monkeypatch.context() as m:
         count_steps(m, crash_after=12)
         with pytest.raises(Interrupted):
-            train(toy_task, fast_cfg(), out, progress=False)
+            train(task, cfg, out, progress=False)
+
+
+def test_resume_refuses_a_state_of_another_config(toy_task, fast_cfg, tmp_path, monkeypatch):
+    out = tmp_path / "run.safetensors"
+    interrupted_run(toy_task, fast_cfg(), out, monkeypatch)
     with pytest.raises(ValueError, match="another task or config"):
         train(toy_task, fast_cfg("train.lr=0.01"), out, resume=True, progress=False)
 
@@ -205,10 +210,7 @@ def test_resume_without_state_is_an_error(toy_task, fast_cfg, tmp_path):
 
 def test_a_fresh_run_never_overwrites_an_interrupted_runs_state(toy_task, fast_cfg, tmp_path, monkeypatch):
     out = tmp_path / "run.safetensors"
-    with monkeypatch.context() as m:
-        count_steps(m, crash_after=12)
-        with pytest.raises(Interrupted):
-            train(toy_task, fast_cfg(), out, progress=False)
+    interrupted_run(toy_task, fast_cfg(), out, monkeypatch)
     before = (tmp_path / "run.safetensors.state.pt").read_bytes()
     with pytest.raises(ValueError, match="interrupted run exists; continue it with --resume"):
         train(toy_task, fast_cfg(), out, progress=False)
@@ -237,10 +239,7 @@ def test_a_state_of_another_world_size_is_refused(toy_task, fast_cfg, tmp_path, 
     from feedback_solver.checkpoints import load_state, save_state
 
     out = tmp_path / "run.safetensors"
-    with monkeypatch.context() as m:
-        count_steps(m, crash_after=12)
-        with pytest.raises(Interrupted):
-            train(toy_task, fast_cfg(), out, progress=False)
+    interrupted_run(toy_task, fast_cfg(), out, monkeypatch)
     state_path = tmp_path / "run.safetensors.state.pt"
     save_state(state_path, load_state(state_path) | {"world_size": 2})
     with pytest.raises(ValueError, match="written by a 2-rank run and this one has 1; resume it with 2 rank"):
@@ -277,10 +276,7 @@ def test_truncated_checkpoint_is_refused(toy_task, trained, tmp_path):
 def test_truncated_training_state_is_refused(toy_task, fast_cfg, tmp_path, monkeypatch):
     out = tmp_path / "run.safetensors"
     state_path = tmp_path / "run.safetensors.state.pt"
-    with monkeypatch.context() as m:
-        count_steps(m, crash_after=12)
-        with pytest.raises(Interrupted):
-            train(toy_task, fast_cfg(), out, progress=False)
+    interrupted_run(toy_task, fast_cfg(), out, monkeypatch)
     data = state_path.read_bytes()
     state_path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match=r"truncated or corrupt.*delete it") as err:

@@ -166,13 +166,16 @@ def test_sixteen_bit_roughness(tmp_path):
     assert torch.allclose(M.load_material(m, 4)[6], torch.full((4, 4), 0.5), atol=1e-3)
 
 
-def test_missing_colour_map_names_folder(tmp_path):
+def test_a_subfolder_without_a_colour_map_is_listed_and_skipped(tmp_path, capsys):
     (tmp_path / "good").mkdir()
     _save(tmp_path / "good" / "albedo.png", (1, 2, 3))
     (tmp_path / "broken").mkdir()
     _save(tmp_path / "broken" / "normal.png", (128, 128, 255))
-    with pytest.raises(ValueError, match="broken.*no colour map"):
-        M.find_materials(tmp_path)
+    assert [m.name for m in M.find_materials(tmp_path)] == ["good"]
+    assert "skipped 1 subfolder(s) that are not materials: broken (no colour map among normal.png)" in \
+        capsys.readouterr().err
+    with pytest.raises(ValueError, match="no colour map"):
+        M.material_files(tmp_path / "broken")
 
 
 def test_folder_without_materials(tmp_path):
