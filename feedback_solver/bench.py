@@ -15,13 +15,13 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
-from feedback_solver.progress import bar
 
 from feedback_solver import distributed
 from feedback_solver.baselines import OPTIMISERS
 from feedback_solver.checkpoints import load_weights, read_model
 from feedback_solver.distributed import Dist
 from feedback_solver.problem import Batch, Task
+from feedback_solver.progress import bar
 from feedback_solver.report import load_report, write_report
 from feedback_solver.solver import FeedbackSolver, build_solver, no_restarts
 

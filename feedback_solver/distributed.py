@@ -52,7 +52,7 @@ class Dist:
         return out
 
     def decide(self, choose: Callable[[], Any]) -> Any:
-        """Rank 0 runs `choose` and every rank gets its result (or its ValueError): one decision, no per-rank race.
+        """Rank 0 runs `choose` and every rank gets its result (or its error): one decision, no per-rank race.
 
         A rank that chose alone (whether a state file exists, which one, what it holds) could see the file system at
         another moment than its peers; sending rank 0's view makes the ranks agree by construction.
@@ -60,15 +60,18 @@ class Dist:
         if not self.active:
             return choose()
         box: list[Any] = [None]
+        failure: Exception | None = None
         if self.is_main:
             try:
                 box[0] = ("ok", choose())
-            except ValueError as err:  # sent, so every rank stops with the same one-line message, none hangs
-                box[0] = ("error", str(err))
+            except Exception as err:  # sent, so every rank stops with the same one-line message, none hangs
+                failure, box[0] = err, ("error", str(err))
         tdist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
         kind, value = box[0]
+        if failure is not None:
+            raise failure
         if kind == "error":
-            raise (ValueError if self.is_main else Echo)(value)
+            raise Echo(value)
         return value
 
     def agree(self, what: str, value: Any) -> None:

@@ -8,11 +8,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from feedback_solver.progress import bar
 
 from feedback_solver.acceptance import AlwaysAccept, LMDamping
 from feedback_solver.feedback import Feedback
 from feedback_solver.problem import Batch, Task, index_ctx
+from feedback_solver.progress import bar
 from feedback_solver.update import Stages
 
 

@@ -11,12 +11,12 @@ import torch
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from feedback_solver.progress import bar as progress_bar
 
 from feedback_solver import distributed
 from feedback_solver.checkpoints import load_matching, load_state, matching, read_model, save_model, save_state
 from feedback_solver.distributed import Dist
 from feedback_solver.problem import Batch, Task
+from feedback_solver.progress import bar as progress_bar
 from feedback_solver.solver import FeedbackSolver, build_solver, no_restarts
 
 

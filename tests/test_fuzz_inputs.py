@@ -28,6 +28,7 @@ from tasks.pose.task import read_silhouette
 from tasks.svbrdf import materials
 from tasks.svbrdf.photos import read_photo
 
+
 def fuzz(examples: int) -> settings:
     """Hypothesis settings of a reader's fuzz test: derandomized, so CI tries the same cases on every run."""
     return settings(max_examples=examples, deadline=None, derandomize=True, database=None,
