@@ -29,12 +29,14 @@ def bench_range(task_name: str, lo: float, hi: float, args: argparse.Namespace) 
 
 def table(rows: list[tuple[str, dict]], methods: list[str], metrics: list[str]) -> str:
     cells = [f"{m} {k} {s}" for m in methods for k in metrics for s in ("mean", "median")]
-    lines = ["| rotation range (deg) | " + " | ".join(cells) + " | " + " | ".join(f"{m} outliers %" for m in methods) + " |",
+    lines = ["| rotation range (deg) | " + " | ".join(cells) + " | "
+             + " | ".join(f"{m} outliers %" for m in methods) + " |",
              "|---|" + "---:|" * (len(cells) + len(methods))]
     for label, res in rows:
         vals = [res["methods"][m]["metrics"][k][s] for m in methods for k in metrics for s in ("mean", "median")]
         out = [100 * (res["methods"][m]["outlier_rate"] or 0) for m in methods]
-        lines.append(f"| {label} | " + " | ".join(f"{v:.3g}" for v in vals) + " | " + " | ".join(f"{o:.1f}" for o in out) + " |")
+        lines.append(f"| {label} | " + " | ".join(f"{v:.3g}" for v in vals) + " | "
+                     + " | ".join(f"{o:.1f}" for o in out) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -64,7 +64,8 @@ def bound(render: float, steps: int, mitsuba: float) -> dict:
 
 def write_md(rows: list[dict], command: str) -> list[str]:
     lines = ["# Illumination: the forward model's floor against the Mitsuba optimiser", "",
-             f"- Command: `{command}`", f"- Data: the first {rows[0]['samples']} test samples per light kind, seed {rows[0]['seed']}",
+             f"- Command: `{command}`",
+             f"- Data: the first {rows[0]['samples']} test samples per light kind, seed {rows[0]['seed']}",
              "- One run: renders and Mitsuba timed on the same samples, one after the other", "",
              "| light | render per sample | steps | floor (steps x render) | mitsuba per sample | mitsuba iterations "
              "(median) | largest speed-up | 100x leaves | renders in it |",

@@ -1,4 +1,4 @@
-"""Classical baselines written once for every task: Adam and L-BFGS on E_data (+ prior) through a differentiable forward."""
+"""Classical baselines written once for every task: Adam and L-BFGS on E_data (+ prior), differentiable forward."""
 from __future__ import annotations
 
 import time
@@ -80,7 +80,8 @@ def adam(task: Task, y: Tensor, ctx: dict[str, Any], x0: Tensor, cfg: DictConfig
         opt.zero_grad(set_to_none=True)
         (e * stop.active).sum().backward()
         opt.step()
-    return OptimResult(stop.best_x, stop.steps.clamp(max=b.max_iterations), time.perf_counter() - start, fill(snaps, stop.best_x, b.max_iterations))
+    return OptimResult(stop.best_x, stop.steps.clamp(max=b.max_iterations), time.perf_counter() - start,
+                       fill(snaps, stop.best_x, b.max_iterations))
 
 
 def lbfgs(task: Task, y: Tensor, ctx: dict[str, Any], x0: Tensor, cfg: DictConfig) -> OptimResult:
@@ -117,7 +118,8 @@ def lbfgs_one(task: Task, y: Tensor, ctx: dict[str, Any], x0: Tensor, cfg: DictC
         if not running or it == b.max_iterations:
             break
         opt.step(closure)
-    return OptimResult(stop.best_x, stop.steps.clamp(max=b.max_iterations), time.perf_counter() - start, fill(snaps, stop.best_x, b.max_iterations))
+    return OptimResult(stop.best_x, stop.steps.clamp(max=b.max_iterations), time.perf_counter() - start,
+                       fill(snaps, stop.best_x, b.max_iterations))
 
 
 def fill(snaps: dict[int, Tensor], final: Tensor, max_iterations: int) -> dict[int, Tensor]:

@@ -329,7 +329,8 @@ def plan_jobs(task: Task, cfg: DictConfig, methods: list[str], batch: Batch, sub
 def run_slow(task: Task, name: str, batch: Batch, chunks: list[slice], cfg: DictConfig, dist: Dist,
              load: Callable) -> Raw:
     """Optimisers start from the task's constant start (or, with baselines.start=initializer, the shipped solver's
-    learned initializer); hybrid starts from the learned solver's answer and runs the optimiser baselines.hybrid names."""
+    learned initializer); hybrid starts from the learned solver's answer and runs the optimiser
+    baselines.hybrid names."""
     if name != "hybrid" and cfg.baselines.get("start", "initial") == "initial":
         return run_optimiser(task, name, batch, chunks, cfg, dist, lambda part: (task.initial(part), 0.0))
     solver = load().to(dist.device)

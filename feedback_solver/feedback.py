@@ -35,7 +35,8 @@ class Feedback:
         self.inputs = tuple(inputs)
         self.needs_gradient = "gradient" in self.inputs or "gradients" in self.inputs
 
-    def __call__(self, task: "Task", x_t: Tensor, y: Tensor, ctx: dict[str, Any], y_t: Tensor | None = None) -> FeedbackOut:
+    def __call__(self, task: "Task", x_t: Tensor, y: Tensor, ctx: dict[str, Any],
+                 y_t: Tensor | None = None) -> FeedbackOut:
         start = time.perf_counter()
         grad = grads = None
         if self.needs_gradient:

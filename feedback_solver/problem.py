@@ -215,7 +215,7 @@ class Task:
 
     @classmethod
     def add_cli_options(cls, parser: argparse.ArgumentParser, command: str) -> None:
-        """Task-specific flags for `fbsolve solve|bench TASK` (a classmethod: the CLI adds them before a task exists)."""
+        """Task-specific flags for `fbsolve train|solve|bench TASK` (a classmethod: added before a task exists)."""
 
     def apply_cli_options(self, args: argparse.Namespace, command: str) -> None:
         """Apply the flags of `add_cli_options` (e.g. a user's data file) before sampling."""

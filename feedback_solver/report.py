@@ -281,7 +281,8 @@ def _header_lines(result: Mapping[str, Any]) -> list[str]:
     lines.append(f"- Seed: {MISSING if seed is None else seed}")
     runs = result.get("runs") or []
     if len(runs) > 1:  # bench --merge: each run's command and the methods it timed (time ratios hold within a run)
-        lines += [f"- Run {k}: `{r['command']}` ({', '.join(dict.fromkeys(r['methods']))})" for k, r in enumerate(runs, 1)]
+        lines += [f"- Run {k}: `{r['command']}` ({', '.join(dict.fromkeys(r['methods']))})"
+                  for k, r in enumerate(runs, 1)]
     elif result.get("command"):
         lines.append(f"- Command: `{result['command']}`")
     if result.get("ranks", 1) > 1:
@@ -398,7 +399,8 @@ def write_report(result: dict, out_dir: str | os.PathLike) -> dict[str, pathlib.
 
     Schema (``result``)::
 
-        {"task": str, "report": str (optional), "data": str, "seed": int, "command": str (optional), "ranks": int (optional),
+        {"task": str, "report": str (optional), "data": str, "seed": int, "command": str (optional),
+         "ranks": int (optional),
          "primary_metric": str,
          "methods": {NAME: {"metrics": {METRIC: {"mean", "median", "std"}},
                             "outlier_rate": fraction | None, "steps": float,

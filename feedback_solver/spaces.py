@@ -67,7 +67,7 @@ def rotmat_to_sixd(rot: Tensor) -> Tensor:
 
 
 class Rotation6D(Space):
-    """J rotations stored in the continuous 6D representation; updated by per-joint rotation vectors in the local frame."""
+    """J rotations in the continuous 6D representation; updated by per-joint rotation vectors in the local frame."""
 
     def __init__(self, n_rotations: int):
         self.n = n_rotations

@@ -116,7 +116,7 @@ def test_markdown_content(result, written):
 
 def test_number_formatting(written):
     md = written[0]["md"].read_text()
-    feedback_row = next(l for l in md.splitlines() if l.startswith("| feedback |"))
+    feedback_row = next(row for row in md.splitlines() if row.startswith("| feedback |"))
     assert feedback_row == "| feedback | 1.5 | 1.2 | 15 | 12 | 2 | 5 | 2 ms | – |"
     assert fmt_seconds(1.624) == "1.62 s"
     assert fmt_seconds(2.5e-5) == "25 µs"
@@ -127,11 +127,11 @@ def test_number_formatting(written):
 
 def test_none_renders_as_dash(written):
     md = written[0]["md"].read_text()
-    gradient_row = next(l for l in md.splitlines() if l.startswith("| gradient |"))
+    gradient_row = next(row for row in md.splitlines() if row.startswith("| gradient |"))
     cells = [c.strip() for c in gradient_row.strip("|").split("|")]
     assert cells[5] == "–"  # outlier_rate None
     assert cells[8] == "–"  # forward_seconds_per_sample None
-    direct_row = next(l for l in md.splitlines() if l.startswith("| direct_net |"))
+    direct_row = next(row for row in md.splitlines() if row.startswith("| direct_net |"))
     assert "–" not in direct_row
 
 
@@ -224,7 +224,8 @@ def test_summarise_adds_the_primary_metric_per_group_where_the_task_names_groups
     groups = summarise(task, x, batch, "err")["groups"]
     assert list(groups) == ["a", "b"]
     assert groups["a"]["samples"] == 2 and groups["a"]["median"] == pytest.approx(0.3)  # lower middle of 0.3, 0.4
-    assert groups["b"]["mean"] == pytest.approx(0.7667, abs=1e-3) and groups["b"]["outlier_rate"] == pytest.approx(1 / 3)
+    assert groups["b"]["mean"] == pytest.approx(0.7667, abs=1e-3)
+    assert groups["b"]["outlier_rate"] == pytest.approx(1 / 3)
     assert "groups" not in summarise(task, x, batch)  # no primary metric named: no table
 
     class Ungrouped(Grouped):

@@ -9,8 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feedback_solver.spaces import (Euclidean, Maps, QuaternionTranslation, Rotation6D, rotmat_to_sixd,
-                                   sixd_to_rotmat)
+from feedback_solver.spaces import Euclidean, Maps, QuaternionTranslation, Rotation6D, rotmat_to_sixd, sixd_to_rotmat
 
 SETTINGS = settings(max_examples=25, deadline=None)
 seeds = st.integers(0, 2**31 - 1)

@@ -25,7 +25,8 @@ Loader = Callable[[Hashable], trimesh.Trimesh]
 Factory = Callable[[], Any]
 
 
-def _render_chunk(factory: Factory, loader: Loader, method: str, keys: list[Hashable], params: np.ndarray) -> np.ndarray:
+def _render_chunk(factory: Factory, loader: Loader, method: str, keys: list[Hashable],
+                  params: np.ndarray) -> np.ndarray:
     """In a worker: one chunk through the renderer's compact `method` (booleans or uint8, not float32, come back)."""
     gl = factory()
     for key in set(keys):

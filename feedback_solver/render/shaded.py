@@ -21,8 +21,15 @@ import torch
 import trimesh
 from torch import Tensor
 
-from feedback_solver.render.gl import (Camera, by_mesh, check_keys, import_pyrender, intrinsics, object_to_camera,
-                                      offscreen)
+from feedback_solver.render.gl import (
+    Camera,
+    by_mesh,
+    check_keys,
+    import_pyrender,
+    intrinsics,
+    object_to_camera,
+    offscreen,
+)
 
 KINDS = ("point", "directional")
 

@@ -153,7 +153,7 @@ class IKTask(Task):
 
     # --- evaluation ------------------------------------------------------------------------------
     def metrics(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any]) -> dict[str, Tensor]:
-        """Joint angle error (deg, geodesic, mean over moving joints) and joint position error (cm, mean over points)."""
+        """Joint angle error (deg, geodesic, mean over moving joints) and position error (cm, mean over points)."""
         angle = degrees(self.space.angles(x_pred, x_true)).mean(1)
         diff = (self.forward(x_pred, ctx) - self.forward(x_true, ctx)).view(len(x_pred), -1, 3)
         return {"angle_deg": angle, "position_cm": diff.norm(dim=2).mean(1) * self.cm}
@@ -177,7 +177,8 @@ class IKTask(Task):
     def describe_data(self, split: str) -> str:
         if split != "test":
             return f"{self.cfg.task.train_bvh}, augmented"
-        which = "frames evenly spaced over 1..F-1" if self.frames is None else f"frames {self.frames.start}:{self.frames.stop}"
+        which = ("frames evenly spaced over 1..F-1" if self.frames is None
+                 else f"frames {self.frames.start}:{self.frames.stop}")
         return f"{Path(self.test_bvh).name} ({which})"
 
     @classmethod

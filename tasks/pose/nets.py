@@ -45,7 +45,8 @@ class PoseUpdate(nn.Module):
         super().__init__()
         self.images = [k for k in inputs if k in IMAGE_INPUTS]
         if "gradient" in inputs:
-            raise ValueError("pose: the silhouette renderer is not differentiable; feedback.inputs cannot hold gradient")
+            raise ValueError("pose: the silhouette renderer is not differentiable; feedback.inputs cannot hold "
+                             "gradient")
         self.net = PoseCNN(len(self.images), "x" in inputs, size, model)
 
     def forward(self, fb: dict[str, Tensor], h: Any = None) -> tuple[Tensor, Any]:

@@ -206,7 +206,8 @@ class PoseTask(Task):
         angle = float(degrees(roma.unitquat_geodesic_distance(q[None], self.initial(batch)[:1, :4]))[0])
         info = {"quaternion_xyzw": q.tolist(), "translation": t.tolist(), "rotation_from_canonical_deg": angle,
                 "mesh": batch.ctx["mesh"][0], "camera": vars(self.camera) | {"looks_along": "-z, y up"}}
-        print(f"pose: quaternion (xyzw) {np.round(q.numpy(), 4).tolist()}, translation {np.round(t.numpy(), 4).tolist()}")
+        print(f"pose: quaternion (xyzw) {np.round(q.numpy(), 4).tolist()}, "
+              f"translation {np.round(t.numpy(), 4).tolist()}")
         (out / "pose.json").write_text(json.dumps(info, indent=2) + "\n")
         render = self.forward(x[:1], batch.ctx)[0, 0].numpy() > 0.5
         seen = batch.y[0, 0].numpy() > 0.5

@@ -1,4 +1,4 @@
-"""A user's side of the SVBRDF task: real test maps, reading a flash photo, writing the recovered maps and re-renders."""
+"""A user's side of the SVBRDF task: real test maps, reading a flash photo, writing the maps and re-renders."""
 from __future__ import annotations
 
 import warnings

@@ -49,12 +49,12 @@ def plane(h: int, w: int, device: torch.device | None = None, dtype: torch.dtype
 
 
 def shade(x: Tensor, light: Tensor, view: Tensor, intensity: float = FLASH_INTENSITY) -> Tensor:
-    """Linear radiance of maps x under K point lights seen from K viewpoints: light, view (B or 1, K, 3) -> (B, K, 3, H, W)."""
+    """Linear radiance of maps x under K point lights from K views: light, view (B or 1, K, 3) -> (B, K, 3, H, W)."""
     kd, ks, alpha, n = (t.unsqueeze(1) for t in decode(x))  # (B, 1, C, H, W)
     p = plane(x.shape[2], x.shape[3], x.device, x.dtype)
     to_l = light[..., None, None] - p  # (B, K, 3, H, W)
     dist2 = to_l.pow(2).sum(2, keepdim=True)
-    l = to_l / dist2.sqrt()
+    l = to_l / dist2.sqrt()  # noqa: E741 - the BRDF literature's light vector
     v = view[..., None, None] - p
     v = v / v.norm(dim=2, keepdim=True)
     h = l + v

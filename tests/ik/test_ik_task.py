@@ -8,7 +8,7 @@ import roma
 import torch
 
 from feedback_solver import registry
-from feedback_solver.bench import load_solver, run_bench
+from feedback_solver.bench import load_solver
 from feedback_solver.cli import main
 from feedback_solver.config import load_config
 from feedback_solver.feedback import energy_gradient

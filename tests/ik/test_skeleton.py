@@ -72,7 +72,7 @@ def test_load_structure(clip: Clip) -> None:
     skel = clip.skeleton
     assert skel.n_joints == 31 and len(skel.names) == 31
     assert skel.names[0] == "Hips" and skel.names[-1] == "RThumb"
-    assert len(skel.end_parents) == 7 and skel.n_points == 38  # CMU files have 7 End Sites (toes, head, fingers, thumbs)
+    assert len(skel.end_parents) == 7 and skel.n_points == 38  # CMU: 7 End Sites (toes, head, fingers, thumbs)
     assert [skel.names[p] for p in skel.end_parents] == [
         "LeftToeBase", "RightToeBase", "Head", "LFingers", "LThumb", "RFingers", "RThumb"]
     assert skel.parents[0] == -1 and all(0 <= p < j for j, p in enumerate(skel.parents) if j > 0)
@@ -108,7 +108,8 @@ def test_identity_fk_sums_offsets(clip: Clip) -> None:
 def test_frame0_unrotated_chains_sum_offsets(clip: Clip) -> None:
     skel = clip.skeleton
     rotated = [(clip.rotations[0, j] - torch.eye(3)).abs().max() > 1e-6 for j in range(skel.n_joints)]
-    assert [skel.names[j] for j in range(skel.n_joints) if rotated[j]] == ["LeftUpLeg", "RightUpLeg", "LeftArm", "RightArm"]
+    rotated_names = [skel.names[j] for j in range(skel.n_joints) if rotated[j]]
+    assert rotated_names == ["LeftUpLeg", "RightUpLeg", "LeftArm", "RightArm"]
     points = skel.fk(clip.rotations[:1], clip.root_positions[:1])[0].numpy()
     expected = chain_sums(skel) + clip.root_positions[0].numpy()
     owner = list(range(skel.n_joints)) + list(skel.end_parents)

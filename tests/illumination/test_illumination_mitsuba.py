@@ -1,4 +1,4 @@
-"""The illumination Mitsuba baseline: its render is the pyrender image's twin, and its Adam moves a light to the truth."""
+"""The illumination Mitsuba baseline: its render is the pyrender image's twin; its Adam moves a light to the truth."""
 from __future__ import annotations
 
 import numpy as np

@@ -178,8 +178,7 @@ def test_cli_names_a_mesh_that_does_not_load_and_a_missing_light_kind(tmp_path):
 
 def test_a_checkpoint_of_the_other_light_kind_is_refused():
     other = CKPT / "directional" / "feedback.safetensors"
-    if not other.exists():
-        pytest.skip("no shipped directional checkpoint")
+    assert other.is_file(), f"shipped checkpoint {other} is missing"
     with pytest.raises(ValueError, match="trained for directional lights, not point"):
         load_solver(make("point"), path=other)
 
@@ -194,8 +193,7 @@ FIGURES = {"point": {"median": 0.002, "mean": 0.06}, "directional": {"median": 0
 
 @pytest.mark.parametrize("light", ["point", "directional"])
 def test_shipped_solver_beats_regression_and_damping_never_raises_the_energy(light):
-    if not shipped(light):
-        pytest.skip(f"no shipped {light} checkpoints")
+    assert shipped(light), f"shipped {light} checkpoints are missing"
     task = make(light)
     batch = task.sample(40, "test", 0)
     fb = load_solver(task).solve(batch.y, batch.ctx)
@@ -214,8 +212,7 @@ def test_shipped_solver_beats_regression_and_damping_never_raises_the_energy(lig
 
 
 def test_cli_solve_writes_the_light_and_the_side_by_side_render(tmp_path, sphere):
-    if not shipped("directional"):
-        pytest.skip("no shipped directional checkpoint")
+    assert shipped("directional"), "shipped directional checkpoints are missing"
     task = make("directional")
     truth = torch.nn.functional.normalize(torch.tensor([[0.5, 0.4, 0.77]]), dim=1)
     y = task.forward(truth, {"mesh": [sphere], "rotation": torch.tensor([[0.0, 0.0, 0.0, 1.0]])})

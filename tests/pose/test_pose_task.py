@@ -128,7 +128,8 @@ def test_augment_mirrors_the_scene_as_a_mirrored_mesh_renders_it(task, test_batc
 
 def test_symmetries_are_the_mirrored_scenes_and_their_steps_map_back(task, test_batch):
     """solver.symmetries: each mirror's feedback is what the mirrored mesh shows at the mirrored poses, and a step
-    taken in the mirrored scene, mirrored back, is the step it maps to: g(retract(g(x), dx)) = retract(x, g.step(dx))."""
+    taken in the mirrored scene, mirrored back, is the step it maps to:
+    g(retract(g(x), dx)) = retract(x, g.step(dx))."""
     part = test_batch.index(slice(0, 6))
     x_t = task.space.retract(part.x, 0.1 * torch.randn(6, 6, generator=torch.Generator().manual_seed(2)))
     y_t = task.forward(x_t, part.ctx)
@@ -180,7 +181,8 @@ def test_metrics_outliers_and_sign_invariant_loss(task, test_batch):
     assert m["rotation_deg"].max() < 0.05 and m["translation"].max() == 0
     flipped = torch.cat([-x[:, :4], x[:, 4:]], 1)
     assert task.loss(flipped, x, {}) < 1e-10 and task.metrics(flipped, x, {})["rotation_deg"].max() < 0.05
-    flags = task.is_outlier({"rotation_deg": torch.tensor([29.0, 31.0, 1.0]), "translation": torch.tensor([0.1, 0.1, 0.21])})
+    flags = task.is_outlier({"rotation_deg": torch.tensor([29.0, 31.0, 1.0]),
+                             "translation": torch.tensor([0.1, 0.1, 0.21])})
     assert flags.tolist() == [False, True, True]
 
 
@@ -237,10 +239,6 @@ def test_cli_names_a_mesh_that_does_not_load(tmp_path):
 
 
 # --- shipped checkpoints ---------------------------------------------------------------------------------------
-needs_ckpt = pytest.mark.skipif(not (CKPT / "feedback.safetensors").exists(), reason="no shipped pose checkpoint")
-
-
-@needs_ckpt
 def test_shipped_solver_beats_regression_and_damping_never_raises_the_energy(task, test_batch):
     fb = load_solver(task).solve(test_batch.y, test_batch.ctx)
     reg = load_solver(task, "regression").init(test_batch.y, test_batch.ctx)
@@ -263,7 +261,6 @@ def test_shipped_solver_beats_regression_and_damping_never_raises_the_energy(tas
     assert (energies[:, -1] <= once.trace.energies()[:, -1]).all()
 
 
-@pytest.mark.skipif(not (CKPT / "feedback_shared.safetensors").exists(), reason="no shipped shared-weight checkpoint")
 def test_shipped_shared_weight_variant_solves_the_sample(task, test_batch):
     """One net for all 5 steps: on these 40 test samples 5.82 / 3.60 deg, 0.042 / 0.024, 5 % outliers."""
     solver = load_solver(task, "feedback_shared")
@@ -275,7 +272,6 @@ def test_shipped_shared_weight_variant_solves_the_sample(task, test_batch):
     assert (res.trace.energies().diff(dim=1) <= 0).all()
 
 
-@needs_ckpt
 def test_cli_solve_writes_the_pose_and_an_overlay(task, test_batch, tmp_path):
     i = test_batch.ctx["mesh"].index("duck.obj")
     mask = (test_batch.y[i, 0].numpy() * 255).astype(np.uint8)
@@ -292,7 +288,6 @@ def test_cli_solve_writes_the_pose_and_an_overlay(task, test_batch, tmp_path):
     assert overlay.shape == (128, 128, 3) and overlay[..., 0].any() and overlay[..., 1].any()
 
 
-@needs_ckpt
 def test_cli_bench_on_a_users_mesh_folder(tmp_path):
     folder = tmp_path / "meshes"
     folder.mkdir()
