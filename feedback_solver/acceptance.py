@@ -38,10 +38,10 @@ class AlwaysAccept:
     def __call__(
         self, task: "Task", x: Tensor, dx: Tensor, y: Tensor, ctx: dict[str, Any], energy: Tensor, y_t: Tensor
     ) -> Accepted:
-        cand = task.space.retract(x, torch.nan_to_num(dx, nan=0.0, posinf=0.0, neginf=0.0))
+        cand = task.space.retract(x, dx)
         bad = ~(finite_rows(dx) & finite_rows(cand))
         lam = torch.ones(x.shape[0], device=x.device)
-        if bad.any():
+        if bad.any():  # only then: the common all-finite step costs two reductions, no copy
             cand = torch.where(bad.view(-1, *[1] * (x.dim() - 1)), x, cand)
             lam[bad] = 0.0
         return Accepted(cand, None, None, lam, 0.0, bad)

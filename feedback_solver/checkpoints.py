@@ -15,6 +15,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from feedback_solver.errors import one_line
+
 FORMAT = "feedback_solver/1"
 SEAL = "sha256"  # header field: seal() of the tensors and the other fields
 
@@ -61,11 +63,7 @@ def write_sealed(path: str | os.PathLike, tensors: dict[str, torch.Tensor], head
 
 
 def verify(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str]) -> None:
-    """Refuse a checkpoint whose bytes no longer match its seal; warn once about one written without a seal."""
-    if SEAL not in header:
-        warnings.warn(f"checkpoint {path} carries no SHA-256 (written before checkpoints were sealed); it cannot be "
-                      "verified", stacklevel=3)
-        return
+    """Refuse a sealed checkpoint whose bytes no longer match its seal."""
     if seal(tensors, header) != header[SEAL]:
         raise ValueError(f"checkpoint {path} is corrupt: its tensors or settings do not match the SHA-256 it carries "
                          "(a damaged or altered byte); copy or train it again")
@@ -84,12 +82,13 @@ def read_model(path: str | os.PathLike, task: str) -> tuple[dict[str, torch.Tens
             header = f.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"checkpoint {path} is truncated or not a safetensors file: {err}") from err
-    if SEAL in header:
+    if SEAL in header:  # first: a damaged byte is named as such, whichever field it hit
         verify(path, tensors, header)
     if header.get("format") != FORMAT:
         raise ValueError(f"checkpoint {path} was not written by feedback_solver (format {header.get('format')!r})")
     if SEAL not in header:
-        verify(path, tensors, header)
+        warnings.warn(f"checkpoint {path} carries no SHA-256 (written before checkpoints were sealed); it cannot be "
+                      "verified", stacklevel=2)
     if header.get("task") != task:
         raise ValueError(f"checkpoint {path} belongs to task {header.get('task')!r}, not {task!r}")
     try:
@@ -136,8 +135,8 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError:
         raise
     except Exception as err:  # torch.load raises many types (pickle, zip, struct, index) for a damaged file
-        raise ValueError(f"training state {path} is truncated or corrupt ({type(err).__name__}: "
-                         f"{' '.join(str(err).split())[:160]}); delete it to start afresh") from err
+        raise ValueError(f"training state {path} is truncated or corrupt ({type(err).__name__}: {one_line(err)}); "
+                         "delete it to start afresh") from err
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"training state {path} is not a feedback_solver training state; delete it to start afresh")
     return state

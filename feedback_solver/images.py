@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from feedback_solver.errors import one_line
+
 # colour modes that convert to RGB without losing what a photo means (palette, CMYK and YCbCr JPEGs, RGBX)
 COLOUR_MODES = ("RGB", "RGBA", "RGBa", "RGBX", "P", "PA", "CMYK", "YCbCr")
 
@@ -26,10 +28,6 @@ def open_image(path: str | Path, what: str) -> Image.Image:
     if img.width < 1 or img.height < 1:
         raise ValueError(f"{what} {path} has no pixels ({img.width}x{img.height})")
     return img
-
-
-def one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:200]
 
 
 def has_alpha(img: Image.Image) -> bool:

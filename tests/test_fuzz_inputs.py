@@ -386,3 +386,15 @@ def test_material_folders_are_read_or_refused_and_list_what_they_skip(tmp_path_f
     except USER_ERRORS as err:
         text = message(err)
         assert "\n" not in text and ("albedo.png" in text or str(root) in text), text
+
+
+def test_a_checkpoint_written_before_seals_loads_with_a_warning(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(SMALLEST_CHECKPOINT), "pt") as f:
+        header = {k: v for k, v in f.metadata().items() if k != "sha256"}
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(SMALLEST_CHECKPOINT)), str(old), metadata=header)
+    with pytest.warns(UserWarning, match="old.safetensors carries no SHA-256"):
+        read_model(old, "ik")

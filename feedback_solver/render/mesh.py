@@ -39,10 +39,10 @@ def load_mesh(path: str | os.PathLike) -> trimesh.Trimesh:
     faces = np.asarray(mesh.faces)
     if faces.ndim != 2 or faces.shape[1] != 3 or faces.min() < 0 or faces.max() >= len(mesh.vertices):
         raise ValueError(f"mesh {path} has faces that index missing vertices")
-    used = mesh.vertices[np.unique(faces)]
-    if not (np.ptp(used, axis=0) > 0).any():
+    extent = float(np.ptp(mesh.vertices[np.unique(faces)], axis=0).max())
+    if not extent > 0:
         raise ValueError(f"mesh {path} is degenerate (all vertices coincide)")
-    if not float(mesh.area) > 1e-12 * float(np.ptp(used, axis=0).max()) ** 2:
+    if not float(mesh.area) > 1e-12 * extent**2:
         raise ValueError(f"mesh {path} has no surface: every triangle is degenerate (zero area)")
     try:
         return normalise(mesh)

@@ -21,6 +21,8 @@ import roma
 import torch
 from torch import Tensor
 
+from feedback_solver.errors import one_line
+
 _AXES = "XYZ"
 _POSITION_CHANNELS = ("Xposition", "Yposition", "Zposition")
 _ROTATION_CHANNELS = ("Xrotation", "Yrotation", "Zrotation")
@@ -194,7 +196,7 @@ def _parse_hierarchy(path: Path) -> list[bvhio.BvhJoint]:
     except SyntaxError as err:
         raise _not_bvh(path, f"{err.msg} (line {err.lineno})") from None
     except Exception as err:  # bvhio raises many types for a malformed hierarchy
-        raise _not_bvh(path, f"malformed hierarchy ({type(err).__name__}: {' '.join(str(err).split())})") from None
+        raise _not_bvh(path, f"malformed hierarchy ({type(err).__name__}: {one_line(err)})") from None
     return [joint for joint, _, _ in container.Root.layout()]
 
 
