@@ -13,18 +13,19 @@ from pathlib import Path
 import torch
 
 from feedback_solver import registry
-from feedback_solver.bench import load_solver, summarise
+from feedback_solver.bench import summarise
 from feedback_solver.config import load_config
 from feedback_solver.problem import Batch
 from feedback_solver.progress import bar
 from feedback_solver.report import fmt_num
+from feedback_solver.solver import FeedbackSolver
 
 EDGES = {"pose": [0.0, 0.001, 0.002, 0.005, 0.01, float("inf")]}
 
 
 def solve(task, batch: Batch, steps: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Final x and final energy of every sample, solved `chunk` at a time."""
-    solver = load_solver(task)
+    solver = FeedbackSolver.from_checkpoint(task)
     xs, es = [], []
     for lo in range(0, len(batch), chunk):
         part = batch.index(slice(lo, lo + chunk))

@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 
 from feedback_solver import registry
-from feedback_solver.bench import load_solver, summarise
+from feedback_solver.bench import summarise
 from feedback_solver.config import load_config
 from feedback_solver.problem import Batch
 from feedback_solver.progress import bar
+from feedback_solver.solver import FeedbackSolver
 
 PRIORS = ("chordal_mean", "euler_prior")
 
@@ -95,7 +96,7 @@ def main() -> None:
     task = cls(load_config(cls, []))
     batch = task.sample(args.samples, "test", args.seed)
     chunks = [batch.index(slice(lo, lo + args.chunk)) for lo in range(0, len(batch), args.chunk)]
-    xs = {"feedback": torch.cat([load_solver(task).solve(c.y, {}).x for c in chunks])}
+    xs = {"feedback": torch.cat([FeedbackSolver.from_checkpoint(task).solve(c.y, {}).x for c in chunks])}
     for kind in args.priors.split(","):
         x = torch.cat([oracle(task, c, kind) for c in bar(chunks, desc=f"oracle {kind}")])
         xs[f"oracle_{kind}"] = retry_unmoved(task, batch, x, kind)

@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 
 from feedback_solver import registry
-from feedback_solver.bench import load_solver
 from feedback_solver.config import load_config
 from feedback_solver.problem import Batch
+from feedback_solver.solver import FeedbackSolver
 
 THRESHOLDS = {"pose": [0.0, 0.002, 0.005, 0.008, 0.015],
               "illumination_point": [0.0, 1e-6, 3e-6, 1e-5, 1e-4],
@@ -25,7 +25,7 @@ THRESHOLDS = {"pose": [0.0, 0.002, 0.005, 0.008, 0.015],
 
 def runs(task, batch: Batch, starts: int) -> tuple[Tensor, dict[str, Tensor]]:
     """Final energies (1 + K, B) and metrics of the plain solve and of a solve from each restart start alone."""
-    solver = load_solver(task, off=("restarts",))
+    solver = FeedbackSolver.from_checkpoint(task, off=("restarts",))
     first = solver.solve(batch.y, batch.ctx)
     xs, energies = [first.x], [first.trace.energy[-1]]
     for x0 in task.restart_starts(batch, starts):

@@ -23,11 +23,11 @@ import torch
 from torch import Tensor
 
 from feedback_solver import registry
-from feedback_solver.bench import load_solver
 from feedback_solver.config import load_config
 from feedback_solver.feedback import energy_gradient
 from feedback_solver.problem import Batch
 from feedback_solver.progress import bar
+from feedback_solver.solver import FeedbackSolver
 
 SWAPS = {"diffuse": slice(0, 3), "specular": slice(3, 6), "roughness": slice(6, 7), "normal": slice(7, 9),
          "specular_roughness": slice(3, 7)}  # the pair a flash photo confounds: a fit trades one for the other
@@ -136,7 +136,7 @@ def main() -> None:
     task = cls(load_config(cls, [f"task.crop={args.size}", f"task.size={args.size}", "task.data=procedural"]))
     torch.manual_seed(args.seed)
     batch = task.sample(args.samples, args.split, args.seed)
-    solver = load_solver(task, "feedback")
+    solver = FeedbackSolver.from_checkpoint(task, "feedback")
     xs = estimates(task, solver, batch, args.iterations, args.chunk)
     result = {"task": "svbrdf", "data": task.describe_data(args.split), "samples": args.samples, "seed": args.seed,
               "size": args.size, "iterations": args.iterations, "methods": table(task, xs, batch.x),

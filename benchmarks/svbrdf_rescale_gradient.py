@@ -17,9 +17,9 @@ import argparse
 import torch
 
 from feedback_solver import registry
-from feedback_solver.bench import load_solver
 from feedback_solver.checkpoints import read_model, save_model
 from feedback_solver.config import load_config
+from feedback_solver.solver import FeedbackSolver
 
 MAPS = 9  # the update net's inputs: maps R_t (9 channels), then the compressed gradient (9)
 
@@ -44,7 +44,7 @@ def main() -> None:
     args = ap.parse_args()
     cls = registry.task_class("svbrdf")
     task = cls(load_config(cls, []))
-    solver = load_solver(task, "feedback", args.checkpoint)
+    solver = FeedbackSolver.from_checkpoint(task, "feedback", args.checkpoint)
     if list(solver.stages.net(0).inputs) != ["x", "gradient"]:
         raise SystemExit("svbrdf_rescale_gradient: the checkpoint's update net must read (x, gradient)")
     path = args.checkpoint or task.checkpoint_dir / "feedback.safetensors"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -18,27 +18,39 @@ from torch import Tensor
 
 from feedback_solver import distributed
 from feedback_solver.baselines import OPTIMISERS
-from feedback_solver.checkpoints import load_weights, read_model
 from feedback_solver.distributed import Dist
 from feedback_solver.problem import Batch, Task
 from feedback_solver.progress import bar
 from feedback_solver.report import load_report, write_report
-from feedback_solver.solver import FeedbackSolver, build_solver, no_restarts
+from feedback_solver.solver import FeedbackSolver
 
-#: report names of learned methods -> (checkpoint variant, what is switched off, steps or None for trained)
-LEARNED = {
-    "feedback": ("feedback", (), None),
-    "feedback_shared": ("feedback_shared", (), None),
-    "feedback_gradient": ("feedback_gradient", (), None),
-    "feedback_no_gradient": ("feedback_no_gradient", (), None),
-    "feedback_no_damping": ("feedback", ("damping",), None),
-    "feedback_no_restarts": ("feedback", ("restarts",), None),  # where the config asks for solver.restarts
-    "feedback_no_symmetry": ("feedback", ("symmetries",), None),  # where the config asks for solver.symmetries
-    "feedback_multi": ("feedback_multi", (), None),
-    "regression": ("regression", (), None),
-    "initializer": ("feedback", (), 0),  # the shipped solver's learned initializer alone (no update net)
-}
+#: the optimisers every task has; a task's `optimisers()` adds its own (a differentiable renderer, say)
 SLOW = ("adam", "lbfgs", "hybrid")
+#: inference switches an ablation `<method>_no_<switch>` turns off (solver.damping, .restarts, .symmetries)
+SWITCHES = ("damping", "restarts", "symmetry")
+
+
+@dataclass(frozen=True)
+class Learned:
+    """A learned bench method: which checkpoint, what inference switches off, how many steps (None: as trained)."""
+
+    checkpoint: str
+    off: tuple[str, ...] = ()
+    steps: int | None = None
+
+
+def learned(name: str, cfg: DictConfig) -> Learned | None:
+    """A report name as a learned method: the task's `bench.learned` entry, else `feedback`, `regression` or a
+    variant's own checkpoint, else `<method>_no_<switch>`; None when it is none of these."""
+    table = cfg.bench.get("learned") or {}
+    if name in table:
+        e = table[name]
+        return Learned(str(e.checkpoint), tuple(e.get("off") or ()), e.get("steps"))
+    if name in ("feedback", "regression") or name in cfg.variants:
+        return Learned(name)
+    base, sep, switch = name.rpartition("_no_")
+    parent = learned(base, cfg) if sep and switch in SWITCHES else None
+    return None if parent is None else replace(parent, off=parent.off + (switch,))
 
 
 def optimisers(task: Task) -> dict[str, Callable]:
@@ -48,29 +60,6 @@ def optimisers(task: Task) -> dict[str, Callable]:
 
 def slow_methods(task: Task) -> tuple[str, ...]:
     return tuple(dict.fromkeys(SLOW + tuple(task.optimisers())))
-
-
-def load_solver(task: Task, variant: str = "feedback", path: str | os.PathLike | None = None,
-                off: tuple[str, ...] = (), folder: Path | None = None) -> FeedbackSolver:
-    """Rebuild a shipped (or given) checkpoint's solver from the config stored inside it (on the CPU).
-
-    Restarts and symmetry averaging are inference settings: they come from the running config, not the
-    checkpoint's; `off` names what an ablation switches off ("damping", "restarts", "symmetries").
-    """
-    path = Path(path) if path else (folder or task.checkpoint_dir) / f"{variant}.safetensors"
-    tensors, cfg, _ = read_model(path, task.name)
-    task.check_checkpoint(cfg, path)
-    cfg.solver.restarts = OmegaConf.to_container(OmegaConf.select(task.cfg, "solver.restarts") or no_restarts(),
-                                                 resolve=True)
-    cfg.solver.symmetries = bool(OmegaConf.select(task.cfg, "solver.symmetries", default=False)) \
-        and "symmetries" not in off
-    if "damping" in off:
-        cfg.solver.damping.enabled = False
-    if "restarts" in off:
-        cfg.solver.restarts.starts = 0
-    solver = build_solver(task.for_checkpoint(cfg), cfg)
-    load_weights(solver, tensors, str(path))
-    return solver.eval()
 
 
 @dataclass
@@ -217,9 +206,11 @@ def run_bench(task: Task, cfg: DictConfig, out: str | os.PathLike, methods: list
     """
     dist = dist or distributed.setup(cfg.device)
     methods = list(methods or cfg.bench.methods)
-    unknown = [m for m in methods if m not in LEARNED and m not in slow_methods(task)]
+    unknown = [m for m in methods if learned(m, cfg) is None and m not in slow_methods(task)]
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose from {list(LEARNED) + list(slow_methods(task))}")
+        known = ["feedback", "regression", *cfg.variants, *(cfg.bench.get("learned") or {}), *slow_methods(task)]
+        raise ValueError(f"unknown methods {unknown}; choose from {list(dict.fromkeys(known))} or "
+                         f"<method>_no_<{'|'.join(SWITCHES)}>")
     if "hybrid" in methods and cfg.baselines.hybrid not in optimisers(task):
         raise ValueError(f"baselines.hybrid={cfg.baselines.hybrid!r} is not an optimiser of task {task.name!r}; "
                          f"choose from {sorted(optimisers(task))}")
@@ -237,7 +228,8 @@ def run_bench(task: Task, cfg: DictConfig, out: str | os.PathLike, methods: list
     previous = earlier_report(out, result) if merge else None
     sub: dict[str, Any] = {"samples": len(subset), "note": f"the first {len(subset)} {split} samples: slow baselines "
                            "and `feedback` on the same samples, so time ratios compare like with like", "methods": {}}
-    jobs = plan_jobs(task, cfg, methods, batch, subset, dist, partial(load_solver, task, folder=checkpoints))
+    jobs = plan_jobs(task, cfg, methods, batch, subset, dist,
+                     partial(FeedbackSolver.from_checkpoint, task, folder=checkpoints))
     for name, on_subset, job in bar(jobs, progress and dist.is_main, desc=f"bench {task.name}"):
         parts = dist.gather(job())
         if dist.is_main:
@@ -310,10 +302,10 @@ def plan_jobs(task: Task, cfg: DictConfig, methods: list[str], batch: Batch, sub
     fast = dist.chunks(len(batch), cfg.bench.batch_size)
     jobs: list[tuple[str, bool, Callable[[], Raw]]] = []
     for m in methods:
-        if m in LEARNED:
-            variant, off, steps = LEARNED[m]
-            jobs.append((m, False, lambda v=variant, o=off, s=steps: run_learned(
-                task, load(v, off=o), batch, fast, dist, s)))
+        method = learned(m, cfg)
+        if method is not None:
+            jobs.append((m, False, lambda e=method: run_learned(
+                task, load(e.checkpoint, off=e.off), batch, fast, dist, e.steps)))
     slow = [m for m in methods if m in slow_methods(task)]
     if not slow:
         return jobs
@@ -328,10 +320,10 @@ def plan_jobs(task: Task, cfg: DictConfig, methods: list[str], batch: Batch, sub
 
 def run_slow(task: Task, name: str, batch: Batch, chunks: list[slice], cfg: DictConfig, dist: Dist,
              load: Callable) -> Raw:
-    """Optimisers start from the task's constant start (or, with baselines.start=initializer, the shipped solver's
+    """Optimisers start from the task's constant start (or, with baselines.start=learned, the shipped solver's
     learned initializer); hybrid starts from the learned solver's answer and runs the optimiser
     baselines.hybrid names."""
-    if name != "hybrid" and cfg.baselines.get("start", "initial") == "initial":
+    if name != "hybrid" and cfg.baselines.start == "initial":
         return run_optimiser(task, name, batch, chunks, cfg, dist, lambda part: (task.initial(part), 0.0))
     solver = load().to(dist.device)
     if name != "hybrid":

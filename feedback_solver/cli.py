@@ -77,8 +77,13 @@ def base_parser() -> Parser:
 
 def make_task(name: str, overrides: list[str], variant: str | None = None) -> tuple[Any, Any]:
     from feedback_solver.config import load_config
+    from feedback_solver.problem import unwritten
 
     cls = registry.task_class(name)
+    absent = unwritten(cls)
+    if absent:
+        raise ValueError(f"task {name!r} ({cls.__name__}) does not implement "
+                         f"{', '.join('Task.' + h for h in absent)}, which every task needs")
     cfg = load_config(cls, overrides, variant)
     return cls(cfg), cfg
 
@@ -160,10 +165,10 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     from feedback_solver.checkpoints import read_model
     from feedback_solver.train import train
 
-    task, cfg = make_task(args.task, args.overrides, args.variant)
+    task = make_task(args.task, args.overrides, args.variant)[0].from_cli(args, "train")[0]  # bench alone runs several
+    cfg = task.cfg
     out = check_out_checkpoint(Path(args.out) if args.out else task.checkpoint_dir / f"{args.variant}.safetensors",
                                args.overwrite)
-    task.apply_cli_options(args, "train")
     dist = distributed.setup(cfg.device)  # under torchrun: joins the process group (gloo on CPU, NCCL on GPU)
     path = train(task, cfg, out, resume=args.resume, dist=dist)
     if dist.is_main and path == out:
@@ -175,14 +180,14 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
 
 def cmd_solve(args: argparse.Namespace, argv: list[str]) -> int:
     from feedback_solver import distributed
-    from feedback_solver.bench import load_solver
+    from feedback_solver.solver import FeedbackSolver
 
     check_out_folder(Path(args.out))
-    task, cfg = make_task(args.task, args.overrides)
-    task.apply_cli_options(args, "solve")
+    task = make_task(args.task, args.overrides)[0].from_cli(args, "solve")[0]
+    cfg = task.cfg
     device = distributed.resolve_device(cfg.device)
     batch = task.load_observation(args)  # bad input fails first, before any checkpoint is read
-    solver = load_solver(task, path=args.checkpoint).to(device)
+    solver = FeedbackSolver.from_checkpoint(task, path=args.checkpoint).to(device)
     res = solver.solve(batch.y.to(device), batch.to(device).ctx, args.steps, progress=True)
     energy = res.trace.energies()
     print(f"solved {len(batch)} observation(s) in {res.steps} steps, {res.seconds:.3f} s "
@@ -203,11 +208,10 @@ def cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
 
     check_out_folder(Path(args.out))
     task, cfg = make_task(args.task, args.overrides)
-    task.apply_cli_options(args, "bench")
     methods = args.methods.split(",") if args.methods else None
     ckpt = Path(args.checkpoints) if getattr(args, "checkpoints", None) else None
     dist = distributed.setup(cfg.device)
-    for setting in task.settings():
+    for setting in task.from_cli(args, "bench"):
         res = run_bench(setting, setting.cfg, args.out, methods, args.samples, args.seed,
                         "fbsolve " + shlex.join(argv), ckpt, dist=dist, merge=getattr(args, "merge", False),
                         split=getattr(args, "split", "test"))

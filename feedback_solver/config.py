@@ -54,6 +54,9 @@ DEFAULTS: dict[str, Any] = {
         "slow_batch_size": 25,  # samples per optimiser call (Adam is batched; L-BFGS goes one by one anyway)
         "primary_metric": "",
         "curve_steps": 0,  # > the trained steps: the subset's feedback run goes this far (error-against-step plot)
+        # a task's own learned methods by report name: {checkpoint, off: [switches], steps}; `feedback`, `regression`,
+        # every variant and `<method>_no_<damping|restarts|symmetry>` need no entry
+        "learned": {},
     },
     "baselines": {
         "max_iterations": 500,
@@ -65,7 +68,7 @@ DEFAULTS: dict[str, Any] = {
         "energy_scale": 1.0,  # L-BFGS minimises this x the energy (a per-pixel mean has gradients near its tolerance)
         "hybrid": "lbfgs",
         "hybrid_overrides": {},  # merged into `baselines` for the hybrid's run (e.g. a smaller optimiser step)
-        "start": "initial",  # initial: the task's constant start | initializer: the shipped solver's learned x0
+        "start": "initial",  # initial: the task's constant start | learned: the shipped solver's learned x0
     },
     "variants": {},
 }
@@ -152,7 +155,7 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"train.schedule must be progressive or joint, got {t.schedule!r}")
     if t.schedule == "progressive" and s.mode == "shared" and s.steps > 1:
         raise ValueError("train.schedule=progressive needs solver.mode=stagewise (shared weights train jointly)")
-    if cfg.baselines.start not in ("initial", "initializer"):
-        raise ValueError(f"baselines.start must be initial or initializer, got {cfg.baselines.start!r}")
+    if cfg.baselines.start not in ("initial", "learned"):
+        raise ValueError(f"baselines.start must be initial or learned, got {cfg.baselines.start!r}")
     if t.supervision not in ("deep", "final", "ends"):
         raise ValueError(f"train.supervision must be deep, final or ends, got {t.supervision!r}")

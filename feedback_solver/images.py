@@ -14,7 +14,7 @@ COLOUR_MODES = ("RGB", "RGBA", "RGBa", "RGBX", "P", "PA", "CMYK", "YCbCr")
 
 
 def open_image(path: str | Path, what: str) -> Image.Image:
-    """The decoded image at `path`; `what` names it in errors ("photo", "silhouette", ...)."""
+    """The decoded image at `path`; `what` names it in errors ("photo", "mask", ...)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")

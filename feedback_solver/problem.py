@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import copy
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
@@ -24,6 +26,11 @@ def index_ctx(ctx: dict[str, Any], idx: Tensor, batch_size: int) -> dict[str, An
         else:
             out[key] = value
     return out
+
+
+def unwritten(cls: type) -> list[str]:
+    """The abstract hooks of Task that a plugin class leaves unwritten (checked before it is built)."""
+    return sorted(h for h in Task.__abstractmethods__ if getattr(getattr(cls, h, None), "__isabstractmethod__", False))
 
 
 def missing(task: Any, hook: str) -> NotImplementedError:
@@ -50,7 +57,7 @@ class Batch:
         return Batch(self.y[idx], None if self.x is None else self.x[idx], index_ctx(self.ctx, idx, len(self)))
 
     def to(self, device: torch.device | str) -> "Batch":
-        """Move tensors, leaving shared objects (meshes, skeletons) alone."""
+        """Move tensors, leaving shared objects (a scene's geometry) alone."""
         ctx = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.ctx.items()}
         return Batch(self.y.to(device), None if self.x is None else self.x.to(device), ctx)
 
@@ -77,25 +84,21 @@ class Symmetry(Protocol):
         ...
 
 
-class Task:
-    """Base class of a task plugin: subclass it and register it under the `feedback_solver.tasks` entry point."""
+class Problem(ABC):
+    """The physics: how x is stored and updated, what it predicts, how far a prediction is from the observation."""
 
     name: str = "task"
     #: whether autograd through `forward` is valid (gradient feedback, Adam and L-BFGS need it or a surrogate)
     differentiable: bool = False
-    #: the config used when no configs/<name>.yaml exists (user plugins outside this repo)
-    default_config: dict[str, Any] = {}
 
-    def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
-
-    # --- the physics -------------------------------------------------------------------------
     @property
+    @abstractmethod
     def space(self) -> Space:
-        raise missing(self, "space")
+        """How x is stored and updated: retract, distance, project, random."""
 
+    @abstractmethod
     def forward(self, x: Tensor, ctx: dict[str, Any]) -> Tensor:
-        raise missing(self, "forward")
+        """The batched forward model f(x, ctx) -> y."""
 
     def surrogate_forward(self, x: Tensor, ctx: dict[str, Any]) -> Tensor:
         """Differentiable stand-in for `forward`; tasks with a differentiable forward use it as is."""
@@ -108,31 +111,43 @@ class Task:
         return (y_pred - y_obs).flatten(1).pow(2).mean(1)
 
     def energy_parts(self, y_pred: Tensor, y_obs: Tensor) -> Tensor:
-        """Per-sample energy split into parts (B x N, e.g. one per input image) for the "gradients" feedback;
-        one part, the whole energy, unless the task says otherwise."""
+        """Per-sample energy split into parts (B x N, e.g. one per input image) for the "gradients" feedback."""
         return self.energy(y_pred, y_obs)[:, None]
 
     def prior(self, x: Tensor) -> Tensor | None:
         """Per-sample prior energy for the optimiser baselines, or None."""
         return None
 
-    # --- data and evaluation -----------------------------------------------------------------
-    def sample(self, n: int, split: str, seed: int) -> Batch:
-        raise missing(self, "sample")
 
+class Data(ABC):
+    """The data: samples of every split, deterministic per seed, and the starts a solve begins from."""
+
+    @abstractmethod
+    def sample(self, n: int, split: str, seed: int) -> Batch:
+        """n samples (y, true x, ctx) of split train, val or test."""
+
+    @abstractmethod
     def initial(self, batch: Batch) -> Tensor:
         """Constant or analytic start x0 for solvers without a learned initializer and for the baselines."""
-        raise missing(self, "initial")
 
     def restart_starts(self, batch: Batch, count: int) -> Tensor:
         """Other starts (count, B, D) for samples the solver left at a high energy (`solver.restarts`)."""
         raise NotImplementedError(f"task {self.name!r} gives no restart starts; set solver.restarts.starts=0")
 
+    def describe_data(self, split: str) -> str:
+        """One line naming the data a split is drawn from, for benchmark reports."""
+        return f"{self.name} {split} split"
+
+
+class Evaluation(ABC):
+    """How an answer is scored: metrics per sample, the outlier rule, the report's groups."""
+
+    @abstractmethod
     def metrics(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any]) -> dict[str, Tensor]:
-        raise missing(self, "metrics")
+        """Per-sample metrics by name; the first is the primary one unless bench.primary_metric says otherwise."""
 
     def curve_metric(self, xs: list[Tensor], x_true: Tensor, ctx: dict[str, Any], name: str) -> list[Tensor]:
-        """One metric per sample at each state of a curve (a task may compute it alone, or share work across states)."""
+        """One metric per sample at each state of a curve (a task may share work across states)."""
         return [self.metrics(x, x_true, ctx)[name] for x in xs]
 
     def is_outlier(self, metrics: dict[str, Tensor]) -> Tensor | None:
@@ -143,50 +158,52 @@ class Task:
         """Each sample's group (e.g. its object) for the report's per-group table, or None for no such table."""
         return None
 
-    def loss(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any]) -> Tensor:
-        """Supervised loss at one unrolled stage; the space's distance unless the task says otherwise."""
-        return self.space.distance(x_pred, x_true).mean()
 
-    def augment(self, batch: Batch, states: tuple[Tensor, Tensor] | None,
-                gen: torch.Generator) -> tuple[Batch, tuple[Tensor, Tensor] | None]:
-        """A pool minibatch and its states (x_t, y_t) under a symmetry of the problem (`train.augment`): more
-        variety from the same costly forwards. None by default; a task that has one overrides this."""
-        raise NotImplementedError(f"task {self.name!r} defines no augmentation; set train.augment=false")
+class Learned(ABC):
+    """The learned parts: the update net, the initializer, the loss they train on, and the problem's symmetries."""
 
-    def symmetries(self) -> list["Symmetry"]:
-        """Transforms of the scene under which the problem is equivariant, the identity first (`solver.symmetries`):
-        at inference each step is the mean of the net's steps on every transformed feedback, mapped back. None by
-        default."""
-        return []
-
-    def auxiliary_loss(self, aux: dict[str, Tensor], batch: Batch) -> Tensor:
-        """Loss of a net's auxiliary outputs (e.g. a depth head), trained beside the update and unused at inference.
-
-        A net exposes them by setting `self.aux = {name: tensor}` in forward while training; none by default.
-        """
-        raise NotImplementedError(f"task {self.name!r}: a net reported auxiliary outputs {sorted(aux)} "
-                                  "but the task defines no auxiliary_loss")
-
-    # --- learned parts -------------------------------------------------------------------------
+    @abstractmethod
     def make_update(self, inputs: list[str], model: DictConfig) -> nn.Module:
         """One update net from the config's `model` section: forward(fb: dict[str, Tensor], h) -> (dx tangent, h)."""
-        raise missing(self, "make_update")
 
     def make_initializer(self, model: DictConfig) -> nn.Module | None:
         """A learned initializer: forward(y, ctx, x0) -> x0', or None for the constant/analytic start."""
         return None
 
-    def optimisers(self) -> dict[str, Callable[..., Any]]:
-        """Extra baseline optimisers by report name (e.g. a differentiable renderer), beside Adam and L-BFGS.
+    def loss(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any]) -> Tensor:
+        """Supervised loss at one unrolled stage; the space's distance unless the task says otherwise."""
+        return self.space.distance(x_pred, x_true).mean()
 
-        Each is called as f(task, y, ctx, x0, cfg) and returns a `baselines.OptimResult`, as Adam does.
-        """
+    def auxiliary_loss(self, aux: dict[str, Tensor], batch: Batch) -> Tensor:
+        """Loss of what a net reports in `net.aux` while training (e.g. a depth head); unused at inference."""
+        raise NotImplementedError(f"task {self.name!r}: a net reported auxiliary outputs {sorted(aux)} "
+                                  "but the task defines no auxiliary_loss")
+
+    def augment(self, batch: Batch, states: tuple[Tensor, Tensor] | None,
+                gen: torch.Generator) -> tuple[Batch, tuple[Tensor, Tensor] | None]:
+        """A pool minibatch and its states (x_t, y_t) under a symmetry of the problem (`train.augment`)."""
+        raise NotImplementedError(f"task {self.name!r} defines no augmentation; set train.augment=false")
+
+    def symmetries(self) -> list["Symmetry"]:
+        """Transforms under which the problem is equivariant, the identity first (`solver.symmetries`); none."""
+        return []
+
+    def optimisers(self) -> dict[str, Callable[..., Any]]:
+        """Baseline optimisers beside Adam and L-BFGS by report name, each f(task, y, ctx, x0, cfg) -> OptimResult."""
         return {}
 
-    # --- settings, checkpoints and reports -----------------------------------------------------------
-    def settings(self) -> list["Task"]:
-        """The independent settings `bench` reports one by one (e.g. a point and a directional light); just this."""
-        return [self]
+
+class Settings:
+    """Settings of one task that bench reports apart (two test sets, say), and checkpoints fit to each."""
+
+    cfg: DictConfig
+
+    def setting(self, **task_keys: Any) -> "Task":
+        """This task with some `task.*` config keys changed: a fresh task, since all its state is its config."""
+        cfg = copy.deepcopy(self.cfg)
+        for key, value in task_keys.items():
+            cfg.task[key] = value
+        return type(self)(cfg)
 
     @property
     def report_name(self) -> str:
@@ -197,15 +214,17 @@ class Task:
         """Refuse a checkpoint trained for another setting of this task (its config is `cfg`)."""
 
     def for_checkpoint(self, cfg: DictConfig) -> "Task":
-        """The task a checkpoint's solver runs against: this one, unless the checkpoint observes differently (e.g.
-        several photos instead of one); `observe` then makes its observations from a test batch's true x."""
+        """The task a checkpoint's solver runs against: this one, unless the checkpoint observes differently."""
         return self
 
     def observe(self, batch: Batch) -> Batch:
         """This task's observation of a batch drawn by another setting of the task (see `for_checkpoint`)."""
         return batch
 
-    # --- command line --------------------------------------------------------------------------
+
+class CliAdapter:
+    """`fbsolve train|solve|bench TASK`: the task's flags, a user's observation in, the solution out."""
+
     @property
     def checkpoint_dir(self) -> Path:
         """Where shipped checkpoints live; a plugin's own package folder by default."""
@@ -217,12 +236,9 @@ class Task:
     def add_cli_options(cls, parser: argparse.ArgumentParser, command: str) -> None:
         """Task-specific flags for `fbsolve train|solve|bench TASK` (a classmethod: added before a task exists)."""
 
-    def apply_cli_options(self, args: argparse.Namespace, command: str) -> None:
-        """Apply the flags of `add_cli_options` (e.g. a user's data file) before sampling."""
-
-    def describe_data(self, split: str) -> str:
-        """One line naming the data a split is drawn from, for benchmark reports."""
-        return f"{self.name} {split} split"
+    def from_cli(self, args: argparse.Namespace, command: str) -> list["Task"]:
+        """The settings this command runs, with the flags of `add_cli_options` applied: this task alone."""
+        return [self]
 
     def load_observation(self, args: argparse.Namespace) -> Batch:
         """Read a user's observation for `fbsolve solve`."""
@@ -231,3 +247,14 @@ class Task:
     def write_solution(self, x: Tensor, batch: Batch, args: argparse.Namespace) -> list[Path]:
         """Write the recovered parameters of `fbsolve solve`; returns the files written."""
         raise missing(self, "write_solution")
+
+
+class Task(Problem, Data, Evaluation, Learned, Settings, CliAdapter):
+    """A task plugin: the six abstract hooks (space, forward, sample, initial, metrics, make_update) and any optional
+    one it needs; register it under the `feedback_solver.tasks` entry point."""
+
+    #: the config used when no configs/<name>.yaml exists (user plugins outside this repo)
+    default_config: dict[str, Any] = {}
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg

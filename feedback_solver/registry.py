@@ -28,8 +28,8 @@ def task_class(name: str) -> type:
 
 
 def cli_options(name: str) -> Callable[[argparse.ArgumentParser, str], None]:
-    """The task's add_cli_options(parser, command): its light entry point if registered, else the Task's own."""
-    light = {ep.name: ep for ep in entry_points(group=OPTIONS_GROUP)}
-    if name in light and name in available():
-        return light[name].load()
+    """The task's add_cli_options(parser, command): its cheap-to-import entry point if registered, else the Task's."""
+    quick = {ep.name: ep for ep in entry_points(group=OPTIONS_GROUP)}
+    if name in quick and name in available():
+        return quick[name].load()
     return task_class(name).add_cli_options

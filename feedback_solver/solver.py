@@ -1,8 +1,10 @@
 """The learned-feedback loop: x0 = init(y); x_{t+1} = accept(x_t, update_t(feedback(x_t)))."""
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from feedback_solver.acceptance import AlwaysAccept, LMDamping
+from feedback_solver.checkpoints import load_weights, read_model
 from feedback_solver.feedback import Feedback
 from feedback_solver.problem import Batch, Task, index_ctx
 from feedback_solver.progress import bar
@@ -83,6 +86,29 @@ class FeedbackSolver(nn.Module):
         self.symmetric = symmetric
         self.task, self.stages, self.initializer = task, stages, initializer
         self.feedback, self.acceptance, self.steps = feedback, acceptance, steps
+
+    @classmethod
+    def from_checkpoint(cls, task: "Task", variant: str = "feedback", path: str | os.PathLike | None = None,
+                        off: tuple[str, ...] = (), folder: Path | None = None) -> "FeedbackSolver":
+        """A shipped (or given) checkpoint's solver, rebuilt on the CPU from the config stored inside it.
+
+        The checkpoint-versus-running-config rule: what the solver learned with (model, feedback, steps, mode,
+        damping) comes from the checkpoint; how to run it (restarts, symmetry averaging) from the
+        running config. `off` names the inference switches an ablation turns off ("damping", "restarts", "symmetry").
+        """
+        path = Path(path) if path else (folder or task.checkpoint_dir) / f"{variant}.safetensors"
+        tensors, cfg, _ = read_model(path, task.name)
+        task.check_checkpoint(cfg, path)
+        running = task.cfg.solver
+        cfg.solver.restarts = OmegaConf.to_container(running.get("restarts") or no_restarts(), resolve=True)
+        cfg.solver.symmetries = bool(running.get("symmetries", False)) and "symmetry" not in off
+        if "damping" in off:
+            cfg.solver.damping.enabled = False
+        if "restarts" in off:
+            cfg.solver.restarts.starts = 0
+        solver = build_solver(task.for_checkpoint(cfg), cfg)
+        load_weights(solver, tensors, str(path))
+        return solver.eval()
 
     def init(self, y: Tensor, ctx: dict[str, Any]) -> Tensor:
         x0 = self.task.initial(Batch(y, None, ctx))

@@ -129,7 +129,7 @@ class QuaternionTranslation(Space):
 
 class Shell(Space):
     """Points in 3D with r_min <= |x| <= r_max and z >= min_z |x| (the camera-side half-space when min_z = 0):
-    light positions, or unit directions when r_min = r_max = 1. Updates are ambient steps, projected back."""
+    source positions, or unit directions when r_min = r_max = 1. Updates are ambient steps, projected back."""
 
     dim = tangent_dim = 3
 

@@ -65,7 +65,8 @@ def photo(tmp_path) -> Path:
 def test_an_out_that_is_a_file_is_refused_before_any_work(capsys, tmp_path, photo, monkeypatch):
     taken = tmp_path / "taken"
     taken.write_text("a user's file")
-    monkeypatch.setattr("feedback_solver.bench.load_solver", lambda *a, **k: pytest.fail("solved anyway"))
+    monkeypatch.setattr("feedback_solver.solver.FeedbackSolver.from_checkpoint",
+                        lambda *a, **k: pytest.fail("solved anyway"))
     refused(capsys, "solve", "svbrdf", "--image", photo, "--out", taken, match=f"--out {taken} is a file")
     refused(capsys, "solve", "ik", "--bvh", clip(tmp_path, 20), "--out", taken, match="is a file, not a folder")
     refused(capsys, "bench", "toy", "--out", taken, match="is a file, not a folder")

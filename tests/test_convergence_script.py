@@ -30,7 +30,7 @@ def test_solve_passes_the_step_count_and_keeps_sample_order(benchmark_script, mo
             seen.append((len(y), steps))
             return SimpleNamespace(x=y * steps, trace=SimpleNamespace(energy=[y.sum(1)]))
 
-    monkeypatch.setattr(script, "load_solver", lambda task: Solver())
+    monkeypatch.setattr(script.FeedbackSolver, "from_checkpoint", lambda task: Solver())
     y = torch.arange(5.0)[:, None]
     x, energy = script.solve(None, Batch(y, y), steps=12, chunk=2)
     assert seen == [(2, 12), (2, 12), (1, 12)]

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from feedback_solver import distributed
-from feedback_solver.bench import load_solver
 from feedback_solver.checkpoints import read_model
 from feedback_solver.distributed import Dist, resolve_device
+from feedback_solver.solver import FeedbackSolver
 from feedback_solver.train import data_seed, train
 
 TRAIN = ["train.iterations=400", "train.checkpoint_every=10", "train.log_every=50", "train.val_samples=64",
@@ -104,8 +104,8 @@ def test_bad_device_in_config_is_refused(toy_cfg):
 def test_a_gpu_trained_checkpoint_solves_on_the_cpu_and_back(toy_task, toy_cfg, tmp_path):
     path = train(toy_task, toy_cfg("device=cuda", *TRAIN[:1]), tmp_path / "gpu.safetensors", progress=False)
     batch = toy_task.sample(64, "test", 0)
-    cpu = load_solver(toy_task, path=path).solve(batch.y, batch.ctx).x
-    gpu = load_solver(toy_task, path=path).to("cuda").solve(batch.y.cuda(), batch.to("cuda").ctx).x
+    cpu = FeedbackSolver.from_checkpoint(toy_task, path=path).solve(batch.y, batch.ctx).x
+    gpu = FeedbackSolver.from_checkpoint(toy_task, path=path).to("cuda").solve(batch.y.cuda(), batch.to("cuda").ctx).x
     assert torch.allclose(cpu, gpu.cpu(), atol=1e-4)
 
 
@@ -135,7 +135,7 @@ def test_two_ranks_keep_identical_weights_and_learn(two_rank_run, toy_task):
     _, cfg, meta = read_model(out, "toy")
     assert meta["world_size"] == 2 and meta["samples_per_second"] > 0
     assert len(meta["rank_digests"]) == 2 and len(set(meta["rank_digests"])) == 1
-    assert meta["rank_digests"][0] == distributed.digest(load_solver(toy_task, path=out))
+    assert meta["rank_digests"][0] == distributed.digest(FeedbackSolver.from_checkpoint(toy_task, path=out))
     for phase, losses in meta["loss"].items():
         assert len(losses) == 8 and losses[-1] < 0.8 * losses[0], (phase, losses)
     assert not out.with_name(out.name + ".state.pt").exists()

@@ -173,10 +173,10 @@ def test_random_bytes_as_a_mesh_are_read_or_refused(tmp_path_factory, data, suff
 @pytest.fixture(scope="module")
 def mesh_files(tmp_path_factory):
     """A real mesh (pybullet_data's duck) exported in every binary format the reader takes."""
-    from tasks.pose import meshes
+    from feedback_solver.render import objects
 
     tmp = tmp_path_factory.mktemp("meshes")
-    mesh = trimesh.load(meshes.resolve("duck.obj"), force="mesh")
+    mesh = trimesh.load(objects.resolve("duck.obj"), force="mesh")
     return {s: mesh.export(file_type=s[1:]) for s in (".stl", ".ply", ".glb", ".off", ".obj")}, tmp
 
 

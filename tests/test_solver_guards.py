@@ -7,8 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feedback_solver.bench import load_solver
-from feedback_solver.solver import build_solver
+from feedback_solver.solver import FeedbackSolver, build_solver
 
 GUARD = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                  suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -26,7 +25,7 @@ def solvers(toy_cls, toy_cfg):
         out[f"toy damped={damped}"] = build_solver(toy_cls(cfg), cfg)
     ik_cls = registry.task_class("ik")
     ik = ik_cls(load_config(ik_cls, []))
-    out["ik"] = load_solver(ik)
+    out["ik"] = FeedbackSolver.from_checkpoint(ik)
     return out
 
 

@@ -6,9 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from feedback_solver import train as train_mod
-from feedback_solver.bench import load_solver
 from feedback_solver.checkpoints import load_state, load_weights, matching, read_model, save_model
-from feedback_solver.solver import build_solver
+from feedback_solver.solver import FeedbackSolver, build_solver
 from feedback_solver.train import Phase, phase_loss, phase_parameters, phases, train, validate
 
 FAST = ("train.iterations=20", "train.init_iterations=20", "train.checkpoint_every=10", "train.log_every=10",
@@ -39,7 +38,7 @@ def test_short_training_beats_the_untrained_solver(toy_task, toy_cfg, tmp_path):
     torch.manual_seed(cfg.seed)
     untrained = validate(build_solver(toy_task, cfg), val)
     path = train(toy_task, cfg, tmp_path / "fb.safetensors", progress=False)
-    trained = validate(load_solver(toy_task, path=path), val)
+    trained = validate(FeedbackSolver.from_checkpoint(toy_task, path=path), val)
     assert trained < 0.3 * untrained, (untrained, trained)
     _, stored_cfg, meta = read_model(path, "toy")
     assert meta["phases"] == ["stage0", "stage1", "stage2"] and meta["val_distance"] < 0.3 * untrained
@@ -68,7 +67,7 @@ def test_every_schedule_runs(toy_task, fast_cfg, tmp_path, overrides, expected):
     assert moved, "training changed no weight"
     # every net of every stage is trained by some phase
     if cfg.solver.steps:
-        for k in range(len(load_solver(toy_task, path=path).stages.nets)):
+        for k in range(len(FeedbackSolver.from_checkpoint(toy_task, path=path).stages.nets)):
             assert any(name.startswith(f"stages.nets.{k}.") for name in moved), f"stage {k} never trained"
 
 
@@ -266,11 +265,11 @@ def test_truncated_checkpoint_is_refused(toy_task, trained, tmp_path):
         bad = tmp_path / f"cut{size}.safetensors"
         bad.write_bytes(data[:size])
         with pytest.raises(ValueError, match=r"truncated or not a safetensors file") as err:
-            load_solver(toy_task, path=bad)
+            FeedbackSolver.from_checkpoint(toy_task, path=bad)
         assert str(bad) in str(err.value)
     missing = tmp_path / "none.safetensors"
     with pytest.raises(FileNotFoundError, match="fbsolve train toy"):
-        load_solver(toy_task, path=missing)
+        FeedbackSolver.from_checkpoint(toy_task, path=missing)
 
 
 def test_truncated_training_state_is_refused(toy_task, fast_cfg, tmp_path, monkeypatch):
@@ -291,10 +290,10 @@ def test_checkpoint_of_another_task_is_refused_naming_both(toy_task, trained, tm
     path, cfg = trained
     with pytest.raises(ValueError, match=r"belongs to task 'toy', not 'ik'"):
         read_model(path, "ik")
-    solver = load_solver(toy_task, path=path)
+    solver = FeedbackSolver.from_checkpoint(toy_task, path=path)
     fake_ik = save_model(tmp_path / "ik.safetensors", solver, "ik", cfg, {})
     with pytest.raises(ValueError, match=r"belongs to task 'ik', not 'toy'"):
-        load_solver(toy_task, path=fake_ik)
+        FeedbackSolver.from_checkpoint(toy_task, path=fake_ik)
 
 
 def test_foreign_safetensors_file_is_refused(toy_task, tmp_path):
@@ -303,7 +302,7 @@ def test_foreign_safetensors_file_is_refused(toy_task, tmp_path):
     foreign = tmp_path / "foreign.safetensors"
     save_file({"w": torch.zeros(2)}, str(foreign))
     with pytest.raises(ValueError, match="not written by feedback_solver"):
-        load_solver(toy_task, path=foreign)
+        FeedbackSolver.from_checkpoint(toy_task, path=foreign)
 
 
 @pytest.mark.parametrize("override", ["model.hidden=32", "solver.steps=2", "feedback.inputs=[y,x]",
@@ -358,7 +357,7 @@ def test_a_resumed_fine_tune_keeps_its_stages_as_the_uninterrupted_run(toy_task,
 # --- pooled training (costly forward models) -------------------------------------------------------------------
 def test_pool_states_are_the_solvers_own_states(toy_task, fast_cfg, tmp_path):
     path = train(toy_task, fast_cfg(), tmp_path / "p.safetensors", progress=False)
-    solver = load_solver(toy_task, path=path)
+    solver = FeedbackSolver.from_checkpoint(toy_task, path=path)
     pool = train_mod.Pool(toy_task.sample(100, "train", 3))
     for stage in (0, 2, 3):
         train_mod.advance(solver, pool, stage, chunk=32)
@@ -382,7 +381,7 @@ def test_pooled_training_learns_calls_the_forward_model_less_and_resumes_exactly
         m.setattr(type(toy_task), "forward", counting)
         ref = train(toy_task, cfg, tmp_path / "ref.safetensors", progress=False)
     val = toy_task.sample(256, "val", 11)
-    assert validate(load_solver(toy_task, path=ref), val) < 0.12
+    assert validate(FeedbackSolver.from_checkpoint(toy_task, path=ref), val) < 0.12
     fresh = 3 * 100 * cfg.train.batch_size  # at least one forward per sample and iteration without the pool
     assert calls[0] < fresh / 2, (calls[0], fresh)
     out = tmp_path / "run.safetensors"

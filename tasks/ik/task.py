@@ -185,7 +185,7 @@ class IKTask(Task):
     def add_cli_options(cls, parser: argparse.ArgumentParser, command: str) -> None:
         options.add_cli_options(parser, command)
 
-    def apply_cli_options(self, args: argparse.Namespace, command: str) -> None:
+    def from_cli(self, args: argparse.Namespace, command: str) -> list[Task]:
         if getattr(args, "bvh", None):
             self.test_bvh = args.bvh
         self.frames_default = not getattr(args, "frames", None) and command == "solve"
@@ -196,6 +196,7 @@ class IKTask(Task):
             except ValueError as err:
                 raise ValueError(f"--frames must look like A:B (e.g. 1:100), got {frames!r}") from err
             self.frames = slice(a, b)
+        return [self]
 
     def load_observation(self, args: argparse.Namespace) -> Batch:
         clip = self.load_clip(self.test_bvh)

@@ -38,9 +38,9 @@ def scene_dict(camera: Camera, lighting: Lighting, spp: int, ply: str) -> dict:
 
 @functools.cache
 def scenes(camera: Camera, lighting: Lighting, spp: int) -> SceneCache:
-    from tasks.pose import meshes
+    from feedback_solver.render import objects
 
-    return SceneCache(functools.partial(scene_dict, camera, lighting, spp), meshes.mesh)
+    return SceneCache(functools.partial(scene_dict, camera, lighting, spp), objects.mesh)
 
 
 def place_light(mi: Any, params: Any, kind: str, light: Any, centre: np.ndarray) -> None:

@@ -7,7 +7,6 @@ half-space z >= 0. The mesh and its rotation are known (ctx); the material is gr
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 from functools import partial
@@ -23,19 +22,18 @@ from torch import Tensor, nn
 
 from feedback_solver.images import opaque_rgb, open_image
 from feedback_solver.problem import Batch, Task
-from feedback_solver.render import Camera, render_parallel
-from feedback_solver.render.mesh import mesh_folder
+from feedback_solver.render import Camera
+from feedback_solver.render.objects import ObjectScenes, ObjectSplit, user_mesh
 from feedback_solver.render.shaded import KINDS, Lighting, ShadedRenderer, shaded_renderer
 from feedback_solver.spaces import Shell
 from tasks.illumination import mitsuba, options
 from tasks.illumination.nets import LightInitializer, LightUpdate
-from tasks.pose import meshes
 
 SPLIT_OFFSETS = {"train": 0, "val": 5_555_555, "test": 9_999_991}
 BACKGROUND_DEPTH = 1.5  # depth-head target off the object (object depths are within +-1 of its centre)
 
 
-class IlluminationTask(Task):
+class IlluminationTask(ObjectScenes, Task):
     """One light of a known kind lighting a known mesh; `settings()` gives the point and the directional task."""
 
     name = "illumination"
@@ -45,28 +43,15 @@ class IlluminationTask(Task):
         super().__init__(cfg)
         t = cfg.task
         self.camera = Camera(int(t.size), float(t.focal), float(t.distance))
-        self.objects = meshes.ObjectSplit.from_config(t)
+        self.objects = ObjectSplit.from_config(t)
         if str(t.light) not in KINDS:
             raise ValueError(f"task.light must be one of {KINDS}, got {t.light!r}")
-        self.every_light = False  # bench without --light: both settings
 
     # --- settings ------------------------------------------------------------------------------
     @property
     def light(self) -> str:
         """The light kind, read from the config (the one place it is kept; --light writes it there)."""
         return str(self.cfg.task.light)
-
-    def for_light(self, light: str) -> "IlluminationTask":
-        """The same task for another light kind (its own space, checkpoints and report)."""
-        cfg = copy.deepcopy(self.cfg)
-        cfg.task.light = light
-        other = type(self)(cfg)
-        other.objects.user = self.objects.user
-        return other
-
-    def settings(self) -> list[Task]:
-        """Both light kinds, unless --light chose one."""
-        return [self.for_light(k) for k in KINDS] if self.every_light else [self]
 
     @property
     def report_name(self) -> str:
@@ -106,14 +91,7 @@ class IlluminationTask(Task):
 
     def _render(self, x: Tensor, ctx: dict[str, Any], method: str) -> np.ndarray:
         params = torch.cat([x.detach().cpu().double(), ctx["rotation"].detach().cpu().double()], 1)
-        workers = int(self.cfg.task.render_workers)
-        factory = partial(shaded_renderer, self.camera, self.lighting)
-        if workers > 1 and x.shape[0] >= 4 * workers:
-            return render_parallel(factory, workers, meshes.mesh, ctx["mesh"], params, method)
-        gl = factory()
-        for name in set(ctx["mesh"]):
-            gl.add_mesh(name, meshes.mesh(name))
-        return getattr(gl, method)(ctx["mesh"], params)
+        return self.render_objects(partial(shaded_renderer, self.camera, self.lighting), ctx["mesh"], params, method)
 
     def forward(self, x: Tensor, ctx: dict[str, Any]) -> Tensor:
         """RGB images (B x 3 x S x S in [0, 1]) of each sample's mesh, at its rotation, under its light."""
@@ -127,9 +105,6 @@ class IlluminationTask(Task):
         return torch.where(d > 0, d - self.camera.distance, torch.full_like(d, BACKGROUND_DEPTH))
 
     # --- data ----------------------------------------------------------------------------------
-    def names(self, split: str) -> list[str]:
-        return self.objects.names(split)
-
     def random_lights(self, n: int, gen: torch.Generator) -> Tensor:
         """Uniform directions on the camera-side half-sphere (z >= min_z), point lights at a uniform radius."""
         u = torch.nn.functional.normalize(torch.randn(n, 3, generator=gen, dtype=torch.float64), dim=1)
@@ -142,12 +117,12 @@ class IlluminationTask(Task):
 
     def sample(self, n: int, split: str, seed: int) -> Batch:
         gen = torch.Generator().manual_seed(int(seed) + SPLIT_OFFSETS[split])
-        objects = self.objects.pick(n, split, gen)
+        names = self.objects.pick(n, split, gen)
         x = self.random_lights(n, gen)
         rot = roma.quat_normalize(torch.randn(n, 4, generator=gen))  # uniform over SO(3)
         if not self.cfg.task.random_rotation:
             rot = torch.tensor([[0.0, 0.0, 0.0, 1.0]]).expand(n, 4).clone()
-        ctx: dict[str, Any] = {"mesh": objects, "rotation": rot}
+        ctx: dict[str, Any] = {"mesh": names, "rotation": rot}
         y = self.forward(x, ctx)
         if split != "test":  # the depth head's target (training only)
             ctx["depth"] = self.depth(ctx)
@@ -195,10 +170,6 @@ class IlluminationTask(Task):
         target = nn.functional.adaptive_avg_pool2d(batch.ctx["depth"].to(pred.device), pred.shape[-2:])
         return float(self.cfg.task.depth_weight) * (pred - target).pow(2).mean()
 
-    def groups(self, batch: Batch) -> list[str]:
-        """Per-object rows in the report: the test objects differ far more than a mean shows."""
-        return [meshes.label(n) for n in batch.ctx["mesh"]]
-
     # --- learned parts -----------------------------------------------------------------------------
     def make_update(self, inputs: list[str], model: DictConfig) -> nn.Module:
         return LightUpdate(inputs, self.camera.size, model)
@@ -215,18 +186,14 @@ class IlluminationTask(Task):
     def add_cli_options(cls, parser: argparse.ArgumentParser, command: str) -> None:
         options.add_cli_options(parser, command)
 
-    def apply_cli_options(self, args: argparse.Namespace, command: str) -> None:
-        light = getattr(args, "light", None)
-        if light:
-            self.cfg.task.light = light
-        elif command == "bench":
-            self.every_light = True
-        if command == "bench" and getattr(args, "meshes", None):
-            self.objects.user = mesh_folder(args.meshes, meshes.mesh)
+    def from_cli(self, args: argparse.Namespace, command: str) -> list[Task]:
+        """--light, or for bench without it both light kinds (each its own space, checkpoints and report)."""
+        chosen = getattr(args, "light", None)
+        lights = [chosen] if chosen else list(KINDS) if command == "bench" else [self.light]
+        return [self.setting(light=k, **self.object_keys(args, command)) for k in lights]
 
     def load_observation(self, args: argparse.Namespace) -> Batch:
-        name = str(Path(args.mesh).resolve())
-        meshes.mesh(name)
+        name = user_mesh(args.mesh)
         rot = torch.tensor([[0.0, 0.0, 0.0, 1.0]])
         return Batch(read_image(args.image, self.camera.size), None, {"mesh": [name], "rotation": rot})
 

@@ -33,9 +33,9 @@ def scene_dict(camera: Camera, spp: int, ply: str) -> dict:
 
 @functools.cache
 def scenes(camera: Camera, spp: int) -> SceneCache:
-    from tasks.pose import meshes
+    from feedback_solver.render import objects
 
-    return SceneCache(functools.partial(scene_dict, camera, spp), meshes.mesh)
+    return SceneCache(functools.partial(scene_dict, camera, spp), objects.mesh)
 
 
 def rotate(dr: Any, rv: Any, v: Any) -> Any:

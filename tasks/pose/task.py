@@ -18,10 +18,10 @@ from torch import Tensor, nn
 
 from feedback_solver.images import open_image
 from feedback_solver.problem import Batch, Task
-from feedback_solver.render import Camera, SilhouetteRenderer, render_parallel, renderer
-from feedback_solver.render.mesh import mesh_folder
+from feedback_solver.render import Camera, SilhouetteRenderer, renderer
+from feedback_solver.render.objects import ObjectScenes, ObjectSplit, user_mesh
 from feedback_solver.spaces import QuaternionTranslation, degrees
-from tasks.pose import meshes, mitsuba, options
+from tasks.pose import mitsuba, options
 from tasks.pose.nets import PoseInitializer, PoseUpdate
 
 SPLIT_OFFSETS = {"train": 0, "val": 5_555_555, "test": 9_999_991}
@@ -59,7 +59,7 @@ class Mirror:
 SYMMETRIES = (Mirror(()), Mirror((0,)), Mirror((1,)), Mirror((0, 1)))
 
 
-class PoseTask(Task):
+class PoseTask(ObjectScenes, Task):
     """Pose of a known mesh relative to its canonical pose (centred, 4 units in front of the camera)."""
 
     name = "pose"
@@ -69,7 +69,7 @@ class PoseTask(Task):
         super().__init__(cfg)
         t = cfg.task
         self.camera = Camera(int(t.size), float(t.focal), float(t.distance))
-        self.objects = meshes.ObjectSplit.from_config(t)
+        self.objects = ObjectSplit.from_config(t)
         self._space = QuaternionTranslation(-float(t.translation_bound), float(t.translation_bound),
                                             frame=str(t.rotation_frame))
 
@@ -80,19 +80,10 @@ class PoseTask(Task):
 
     def forward(self, x: Tensor, ctx: dict[str, Any]) -> Tensor:
         """Binary silhouettes (B x 1 x S x S) of each sample's mesh under its pose."""
-        workers = int(self.cfg.task.render_workers)
-        if workers > 1 and x.shape[0] >= 4 * workers:
-            masks = render_parallel(partial(renderer, self.camera), workers, meshes.mesh, ctx["mesh"], x)
-            return SilhouetteRenderer.decode(masks).to(x.device)
-        gl = renderer(self.camera)
-        for name in set(ctx["mesh"]):
-            gl.add_mesh(name, meshes.mesh(name))
-        return gl.render(ctx["mesh"], x)
+        masks = self.render_objects(partial(renderer, self.camera), ctx["mesh"], x)
+        return SilhouetteRenderer.decode(masks).to(x.device)
 
     # --- data ----------------------------------------------------------------------------------
-    def names(self, split: str) -> list[str]:
-        return self.objects.names(split)
-
     def random_poses(self, n: int, gen: torch.Generator) -> Tensor:
         """Rotation about a uniform random axis by |angle| in [min, max] deg; offset uniform in +-range per axis."""
         t = self.cfg.task
@@ -105,9 +96,9 @@ class PoseTask(Task):
 
     def sample(self, n: int, split: str, seed: int) -> Batch:
         gen = torch.Generator().manual_seed(int(seed) + SPLIT_OFFSETS[split])
-        objects = self.objects.pick(n, split, gen)
+        names = self.objects.pick(n, split, gen)
         x = self.random_poses(n, gen)
-        ctx = {"mesh": objects}
+        ctx = {"mesh": names}
         return Batch(self.forward(x, ctx), x, ctx)
 
     def initial(self, batch: Batch) -> Tensor:
@@ -170,10 +161,6 @@ class PoseTask(Task):
         """The identity and the three mirrors of the scene in the camera's axes (`solver.symmetries`)."""
         return list(SYMMETRIES)
 
-    def groups(self, batch: Batch) -> list[str]:
-        """Per-object rows in the report: the test objects differ far more than a mean shows."""
-        return [meshes.label(n) for n in batch.ctx["mesh"]]
-
     # --- learned parts -------------------------------------------------------------------------------
     def make_update(self, inputs: list[str], model: DictConfig) -> nn.Module:
         return PoseUpdate(inputs, self.camera.size, model)
@@ -190,13 +177,12 @@ class PoseTask(Task):
     def add_cli_options(cls, parser: argparse.ArgumentParser, command: str) -> None:
         options.add_cli_options(parser, command)
 
-    def apply_cli_options(self, args: argparse.Namespace, command: str) -> None:
-        if command == "bench" and getattr(args, "meshes", None):
-            self.objects.user = mesh_folder(args.meshes, meshes.mesh)
+    def from_cli(self, args: argparse.Namespace, command: str) -> list[Task]:
+        keys = self.object_keys(args, command)
+        return [self.setting(**keys)] if keys else [self]
 
     def load_observation(self, args: argparse.Namespace) -> Batch:
-        name = str(Path(args.mesh).resolve())
-        meshes.mesh(name)
+        name = user_mesh(args.mesh)
         return Batch(read_silhouette(args.silhouette, self.camera.size), None, {"mesh": [name]})
 
     def write_solution(self, x: Tensor, batch: Batch, args: argparse.Namespace) -> list[Path]:

@@ -7,7 +7,6 @@ the test sets are held-out procedural materials and the gk/fantasy texture sets 
 from __future__ import annotations
 
 import argparse
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +38,6 @@ class SVBRDFTask(Task):
         super().__init__(cfg)
         if str(cfg.task.data) not in DATA:
             raise ValueError(f"task.data must be one of {DATA}, got {cfg.task.data!r}")
-        self.every_set = False  # bench without --data: both test sets
-        self.materials_dir: Path | None = None  # bench --materials DIR: a user's folder of map sets
         self._space = Maps(LOW, HIGH)
 
     # --- settings --------------------------------------------------------------------------------
@@ -48,15 +45,11 @@ class SVBRDFTask(Task):
     def data(self) -> str:
         return str(self.cfg.task.data)
 
-    def for_data(self, data: str) -> "SVBRDFTask":
-        cfg = copy.deepcopy(self.cfg)
-        cfg.task.data = data
-        other = type(self)(cfg)
-        other.materials_dir = self.materials_dir
-        return other
-
-    def settings(self) -> list[Task]:
-        return [self.for_data(d) for d in DATA] if self.every_set else [self]
+    @property
+    def materials_dir(self) -> Path | None:
+        """`task.materials` (bench --materials DIR): a user's folder of map sets for the real test set."""
+        folder = str(self.cfg.task.get("materials") or "")
+        return Path(folder) if folder else None
 
     @property
     def report_name(self) -> str:
@@ -90,11 +83,8 @@ class SVBRDFTask(Task):
 
     def for_checkpoint(self, cfg: DictConfig) -> "SVBRDFTask":
         """A checkpoint trained on N photos runs against the N-photo task."""
-        if int(cfg.task.get("inputs", 1)) == self.inputs:
-            return self
-        other = self.for_data(self.data)
-        other.cfg.task.inputs = int(cfg.task.get("inputs", 1))
-        return other
+        inputs = int(cfg.task.get("inputs", 1))
+        return self if inputs == self.inputs else self.setting(inputs=inputs)
 
     def observe(self, batch: Batch) -> Batch:
         """Photos of a batch's true maps as this task takes them (N photos for feedback_multi)."""
@@ -200,18 +190,13 @@ class SVBRDFTask(Task):
     def add_cli_options(cls, parser: argparse.ArgumentParser, command: str) -> None:
         options.add_cli_options(parser, command)
 
-    def apply_cli_options(self, args: argparse.Namespace, command: str) -> None:
+    def from_cli(self, args: argparse.Namespace, command: str) -> list[Task]:
+        """solve --size; bench --materials DIR (the real set from a user's folder), --data, or both test sets."""
         if command != "bench":
-            if getattr(args, "size", None):
-                self.cfg.task.size = int(args.size)
-            return
+            return [self.setting(size=int(args.size))] if getattr(args, "size", None) else [self]
         if getattr(args, "materials", None):
-            self.materials_dir = Path(args.materials)
-            self.cfg.task.data = "real"
-        elif getattr(args, "data", None):
-            self.cfg.task.data = args.data
-        else:
-            self.every_set = True
+            return [self.setting(data="real", materials=str(args.materials))]
+        return [self.setting(data=d) for d in ([args.data] if getattr(args, "data", None) else DATA)]
 
     def load_observation(self, args: argparse.Namespace) -> Batch:
         if self.inputs != 1:

@@ -8,10 +8,10 @@ import roma
 import torch
 
 from feedback_solver import registry
-from feedback_solver.bench import load_solver
 from feedback_solver.cli import main
 from feedback_solver.config import load_config
 from feedback_solver.feedback import energy_gradient
+from feedback_solver.solver import FeedbackSolver
 from tasks.ik.skeleton import load_bvh, write_bvh
 
 TEST_BVH = "/usr/share/assimp/models/BVH/01_03.bvh"
@@ -77,12 +77,12 @@ SHIPPED = {"angle_deg": (12.9, 14.0), "position_cm": (0.69, 0.48)}
 
 def test_shipped_solver_reaches_its_figures(task, test_batch):
     """100 fixed frames of 01_03: the shipped solver keeps its committed figures and beats regression."""
-    res = load_solver(task).solve(test_batch.y, {})
+    res = FeedbackSolver.from_checkpoint(task).solve(test_batch.y, {})
     m = task.metrics(res.x, test_batch.x, {})
     for k, (mean, median) in SHIPPED.items():
         assert m[k].mean() <= mean and m[k].median() <= median, (k, m[k].mean(), m[k].median())
     assert (res.trace.energies().diff(dim=1) <= 0).all(), "damping must never let E_data rise"
-    reg = task.metrics(load_solver(task, "regression").init(test_batch.y, {}), test_batch.x, {})
+    reg = task.metrics(FeedbackSolver.from_checkpoint(task, "regression").init(test_batch.y, {}), test_batch.x, {})
     for k in m:
         assert m[k].mean() < reg[k].mean() and m[k].median() < reg[k].median()
 

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from feedback_solver import registry
-from feedback_solver.bench import load_solver
 from feedback_solver.config import load_config
 from feedback_solver.problem import Batch
+from feedback_solver.solver import FeedbackSolver
 from tasks.illumination.task import read_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,14 +123,14 @@ def test_metrics_and_outliers(task):
 def test_bench_runs_both_light_kinds_unless_one_is_named():
     import argparse
 
-    every = make("point")
-    every.apply_cli_options(argparse.Namespace(light=None, meshes=None), "bench")
-    assert [t.report_name for t in every.settings()] == ["illumination_point", "illumination_directional"]
-    assert [t.checkpoint_dir.name for t in every.settings()] == ["point", "directional"]
-    one = make("point")
-    one.apply_cli_options(argparse.Namespace(light="directional", meshes=None), "bench")
-    assert [t.report_name for t in one.settings()] == ["illumination_directional"]
+    every = make("point").from_cli(argparse.Namespace(light=None, meshes=None), "bench")
+    assert [t.report_name for t in every] == ["illumination_point", "illumination_directional"]
+    assert [t.checkpoint_dir.name for t in every] == ["point", "directional"]
+    (one,) = make("point").from_cli(argparse.Namespace(light="directional", meshes=None), "bench")
+    assert one.report_name == "illumination_directional" and one.cfg.task.light == "directional"
     assert one.space.r_min == one.space.r_max == 1.0
+    (trained,) = make("point").from_cli(argparse.Namespace(light=None), "train")
+    assert trained.light == "point"
 
 
 # --- bad input ---------------------------------------------------------------------------------------------------
@@ -180,7 +180,7 @@ def test_a_checkpoint_of_the_other_light_kind_is_refused():
     other = CKPT / "directional" / "feedback.safetensors"
     assert other.is_file(), f"shipped checkpoint {other} is missing"
     with pytest.raises(ValueError, match="trained for directional lights, not point"):
-        load_solver(make("point"), path=other)
+        FeedbackSolver.from_checkpoint(make("point"), path=other)
 
 
 # --- shipped checkpoints -----------------------------------------------------------------------------------------
@@ -196,8 +196,8 @@ def test_shipped_solver_beats_regression_and_damping_never_raises_the_energy(lig
     assert shipped(light), f"shipped {light} checkpoints are missing"
     task = make(light)
     batch = task.sample(40, "test", 0)
-    fb = load_solver(task).solve(batch.y, batch.ctx)
-    reg = load_solver(task, "regression").init(batch.y, batch.ctx)
+    fb = FeedbackSolver.from_checkpoint(task).solve(batch.y, batch.ctx)
+    reg = FeedbackSolver.from_checkpoint(task, "regression").init(batch.y, batch.ctx)
     m_fb, m_reg = task.metrics(fb.x, batch.x, {})["light_mse"], task.metrics(reg, batch.x, {})["light_mse"]
     assert m_fb.median() < m_reg.median() and m_fb.mean() < m_reg.mean()
     # shipped figures on these 40 samples (median / mean): point 0.00013 / 0.0287 (without restarts 0.175),
@@ -205,7 +205,7 @@ def test_shipped_solver_beats_regression_and_damping_never_raises_the_energy(lig
     bar = FIGURES[light]
     assert m_fb.median() < bar["median"] and m_fb.mean() < bar["mean"], (m_fb.median(), m_fb.mean())
     assert (fb.trace.energies().diff(dim=1) <= 0).all()
-    once = load_solver(task, off=("restarts",)).solve(batch.y, batch.ctx)
+    once = FeedbackSolver.from_checkpoint(task, off=("restarts",)).solve(batch.y, batch.ctx)
     assert m_fb.mean() < task.metrics(once.x, batch.x, {})["light_mse"].mean()
     assert fb.trace.resolved.any() and (fb.trace.energies()[:, -1] <= once.trace.energies()[:, -1]).all()
 

@@ -17,11 +17,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from feedback_solver import registry
-from feedback_solver.bench import load_solver
 from feedback_solver.config import load_config
 from feedback_solver.problem import Batch
-from feedback_solver.render import renderer
-from tasks.pose import meshes
+from feedback_solver.render import objects, renderer
+from feedback_solver.solver import FeedbackSolver
 from tasks.pose.task import read_silhouette
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,11 +79,11 @@ def test_render_workers_give_the_in_process_silhouettes_in_order(task, test_batc
 
 def test_mesh_split_overlap_is_refused():
     with pytest.raises(ValueError, match="both the train and the test split"):
-        meshes.check_disjoint(["duck.obj", "bunny.obj"], ["duck.obj"])
+        objects.check_disjoint(["duck.obj", "bunny.obj"], ["duck.obj"])
 
 
 def test_real_fraction_weights_real_train_meshes_and_leaves_the_test_split_alone():
-    split = meshes.ObjectSplit(["bunny.obj", "duck.obj"], ["mug.obj", "teddy.obj"], real_fraction=0.75)
+    split = objects.ObjectSplit(["bunny.obj", "duck.obj"], ["mug.obj", "teddy.obj"], real_fraction=0.75)
     split.procedural, extra = 3, ["p0", "p1", "p2"]
     split.names = lambda s: split.train + extra if s in ("train", "val") else split.test  # no meshes loaded
     picked = split.pick(4000, "train", torch.Generator().manual_seed(0))
@@ -93,12 +92,12 @@ def test_real_fraction_weights_real_train_meshes_and_leaves_the_test_split_alone
     uniform = [split.test[int(i)] for i in torch.randint(2, (50,), generator=torch.Generator().manual_seed(1))]
     assert split.pick(50, "test", torch.Generator().manual_seed(1)) == uniform  # test samples as before
     with pytest.raises(ValueError, match="real_fraction must lie in"):
-        meshes.ObjectSplit(["a"], ["b"], real_fraction=1.5)
+        objects.ObjectSplit(["a"], ["b"], real_fraction=1.5)
 
 
 def test_report_groups_are_the_objects(task, test_batch):
     assert task.groups(test_batch) == test_batch.ctx["mesh"]
-    assert meshes.label("/home/me/scans/cup.ply") == "cup.ply"
+    assert objects.label("/home/me/scans/cup.ply") == "cup.ply"
 
 
 def test_augment_mirrors_the_scene_as_a_mirrored_mesh_renders_it(task, test_batch):
@@ -112,7 +111,7 @@ def test_augment_mirrors_the_scene_as_a_mirrored_mesh_renders_it(task, test_batc
     for axis in (0, 1):
         mirror = np.diag([-1.0 if i == axis else 1.0 for i in range(3)] + [1.0])
         for name in set(part.ctx["mesh"]):
-            gl.add_mesh((name, axis), meshes.mesh(name).copy().apply_transform(mirror))
+            gl.add_mesh((name, axis), objects.mesh(name).copy().apply_transform(mirror))
     for i, name in enumerate(part.ctx["mesh"]):
         signs = (aug.x[i] / part.x[i]).sign()
         axes = [k for k in (0, 1) if signs[4 + k] < 0]  # the translation's sign tells which mirrors were applied
@@ -141,7 +140,7 @@ def test_symmetries_are_the_mirrored_scenes_and_their_steps_map_back(task, test_
     for g in symmetries[1:]:
         mirror = np.diag([-1.0 if i in g.axes else 1.0 for i in range(3)] + [1.0])
         for name in set(part.ctx["mesh"]):
-            gl.add_mesh((name, g.axes), meshes.mesh(name).copy().apply_transform(mirror))
+            gl.add_mesh((name, g.axes), objects.mesh(name).copy().apply_transform(mirror))
         out = g.feedback(inputs)
         assert torch.equal(out["residual"], out["y"] - out["y_t"])
         for key, x in (("y", part.x), ("y_t", x_t)):
@@ -240,8 +239,8 @@ def test_cli_names_a_mesh_that_does_not_load(tmp_path):
 
 # --- shipped checkpoints ---------------------------------------------------------------------------------------
 def test_shipped_solver_beats_regression_and_damping_never_raises_the_energy(task, test_batch):
-    fb = load_solver(task).solve(test_batch.y, test_batch.ctx)
-    reg = load_solver(task, "regression").init(test_batch.y, test_batch.ctx)
+    fb = FeedbackSolver.from_checkpoint(task).solve(test_batch.y, test_batch.ctx)
+    reg = FeedbackSolver.from_checkpoint(task, "regression").init(test_batch.y, test_batch.ctx)
     m_fb = task.metrics(fb.x, test_batch.x, {})
     m_reg = task.metrics(reg, test_batch.x, {})
     for k in ("rotation_deg", "translation"):
@@ -251,19 +250,20 @@ def test_shipped_solver_beats_regression_and_damping_never_raises_the_energy(tas
     # 0.019, 0 %; neither 7.48 / 5.16 deg; regression 16.6 / 15.1 deg, 0.104 / 0.104, 7.5 %)
     assert m_fb["rotation_deg"].mean() < 3.3 and m_fb["rotation_deg"].median() < 2.6
     assert m_fb["translation"].mean() < 0.021 and m_fb["translation"].median() < 0.018
-    plain = task.metrics(load_solver(task, off=("symmetries",)).solve(test_batch.y, test_batch.ctx).x, test_batch.x, {})
+    plain_solver = FeedbackSolver.from_checkpoint(task, off=("symmetry",))
+    plain = task.metrics(plain_solver.solve(test_batch.y, test_batch.ctx).x, test_batch.x, {})
     assert all(m_fb[k].mean() < plain[k].mean() and m_fb[k].median() < plain[k].median() for k in m_fb), "symmetries"
     assert task.is_outlier(m_fb).float().mean() <= 0.05 < task.is_outlier(m_reg).float().mean()
     energies = fb.trace.energies()
     assert (energies.diff(dim=1) <= 0).all()
-    once = load_solver(task, off=("restarts",)).solve(test_batch.y, test_batch.ctx)
+    once = FeedbackSolver.from_checkpoint(task, off=("restarts",)).solve(test_batch.y, test_batch.ctx)
     assert m_fb["rotation_deg"].mean() < task.metrics(once.x, test_batch.x, {})["rotation_deg"].mean()
     assert (energies[:, -1] <= once.trace.energies()[:, -1]).all()
 
 
 def test_shipped_shared_weight_variant_solves_the_sample(task, test_batch):
     """One net for all 5 steps: on these 40 test samples 5.82 / 3.60 deg, 0.042 / 0.024, 5 % outliers."""
-    solver = load_solver(task, "feedback_shared")
+    solver = FeedbackSolver.from_checkpoint(task, "feedback_shared")
     assert solver.stages.mode == "shared" and len(solver.stages.nets) == 1
     res = solver.solve(test_batch.y, test_batch.ctx)
     m = task.metrics(res.x, test_batch.x, {})
@@ -276,7 +276,7 @@ def test_cli_solve_writes_the_pose_and_an_overlay(task, test_batch, tmp_path):
     i = test_batch.ctx["mesh"].index("duck.obj")
     mask = (test_batch.y[i, 0].numpy() * 255).astype(np.uint8)
     path = save(tmp_path, "duck.png", mask)
-    duck = meshes.resolve("duck.obj")
+    duck = objects.resolve("duck.obj")
     proc = fbsolve("solve", "pose", "--mesh", str(duck), "--silhouette", str(path), "--out", str(tmp_path / "o"),
                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -291,7 +291,7 @@ def test_cli_solve_writes_the_pose_and_an_overlay(task, test_batch, tmp_path):
 def test_cli_bench_on_a_users_mesh_folder(tmp_path):
     folder = tmp_path / "meshes"
     folder.mkdir()
-    shutil.copy(meshes.resolve("duck.obj"), folder / "duck.obj")
+    shutil.copy(objects.resolve("duck.obj"), folder / "duck.obj")
     proc = fbsolve("bench", "pose", "--meshes", str(folder), "--samples", "12", "--methods", "feedback",
                    "--out", str(tmp_path / "b"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

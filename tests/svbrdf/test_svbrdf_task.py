@@ -213,11 +213,11 @@ def test_cli_solve_writes_every_file(tmp_path, task):
 def test_shipped_checkpoint_reaches_its_figures_on_a_fixed_sample(task, variant):
     """6 held-out procedural materials at 256 px (benchmarks/svbrdf has the full run); the multi-photo model solves
     from its own 5 photos of the same maps."""
-    from feedback_solver.bench import load_solver
+    from feedback_solver.solver import FeedbackSolver
 
     assert (CHECKPOINTS / f"{variant}.safetensors").is_file(), f"shipped {variant} checkpoint is missing"
     batch = task.sample(6, "test", 0)
-    solver = load_solver(task, variant)
+    solver = FeedbackSolver.from_checkpoint(task, variant)
     seen = solver.task.observe(batch) if solver.task is not task else batch
     full = solver.solve(seen.y, seen.ctx).x
     init = solver.solve(seen.y, seen.ctx, steps=0).x
@@ -231,10 +231,10 @@ def test_shipped_checkpoint_reaches_its_figures_on_a_fixed_sample(task, variant)
 def test_shipped_solver_run_to_24_steps_stays_within_5_percent_of_step_6(task):
     """The issue's bar on the same 6 materials; without its damping the shipped solver drifts (+6.9 % on these)."""
     from feedback_solver.acceptance import LMDamping
-    from feedback_solver.bench import load_solver
+    from feedback_solver.solver import FeedbackSolver
 
     batch = task.sample(6, "test", 0)
-    solver = load_solver(task, "feedback")
+    solver = FeedbackSolver.from_checkpoint(task, "feedback")
     assert isinstance(solver.acceptance, LMDamping)
     trace = solver.solve(batch.y, batch.ctx, steps=24).trace  # one run: its state 6 is the 6-step answer
     r6, r24 = (float(task.render_metrics(trace.x[s], batch.x, lpips=False)["render_rmse"].mean()) for s in (6, 24))
@@ -261,14 +261,14 @@ def test_multi_photo_forward_energy_parts_and_per_photo_gradients():
 
 
 def test_a_multi_photo_checkpoint_is_benchmarked_on_its_own_photos_of_the_same_maps(task, tmp_path):
-    from feedback_solver.bench import load_solver, run_learned
+    from feedback_solver.bench import run_learned
     from feedback_solver.checkpoints import save_model
     from feedback_solver.distributed import Dist
-    from feedback_solver.solver import build_solver
+    from feedback_solver.solver import FeedbackSolver, build_solver
 
     cfg = load_config(SVBRDFTask, variant="feedback_multi")
     save_model(tmp_path / "feedback_multi.safetensors", build_solver(SVBRDFTask(cfg), cfg), "svbrdf", cfg, {})
-    solver = load_solver(task, "feedback_multi", folder=tmp_path)
+    solver = FeedbackSolver.from_checkpoint(task, "feedback_multi", folder=tmp_path)
     assert solver.task is not task and solver.task.inputs == 5
     batch = task.sample(2, "val", 0)
     raw = run_learned(task, solver, batch.index(slice(0, 2)), [slice(0, 2)], Dist(), steps=1)

@@ -1,18 +1,24 @@
-"""The pose task's objects: real meshes from the pybullet wheel's pybullet_data, split by object into train and test.
+"""The image tasks' objects: real meshes from the pybullet wheel's pybullet_data, split by object into train and test.
 
-Procedural shapes (pybullet_data/random_urdfs) may be added to training for variety; test objects are real only.
+Procedural shapes (pybullet_data/random_urdfs) may be added to training for variety; test objects are real only;
+a user's folder (`task.user_meshes`, set by `bench --meshes`) replaces the test objects.
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any, Callable
 
+import numpy as np
 import torch
 import trimesh
 from omegaconf import DictConfig
+from torch import Tensor
 
-from feedback_solver.render import load_mesh
+from feedback_solver.render.mesh import load_mesh, mesh_folder
+from feedback_solver.render.parallel import render_parallel
 
 
 @cache
@@ -21,7 +27,8 @@ def data_root() -> Path:
     try:
         import pybullet_data
     except ImportError as err:
-        raise ImportError("the pose task needs the pybullet wheel for its meshes: pip install pybullet==3.2.7") from err
+        raise ImportError("the image tasks need the pybullet wheel for their meshes: "
+                          "pip install pybullet==3.2.7") from err
     return Path(pybullet_data.getDataPath())
 
 
@@ -53,6 +60,12 @@ def mesh(name: str) -> trimesh.Trimesh:
     return load_mesh(resolve(name))
 
 
+@cache
+def user_meshes(folder: str) -> list[str]:
+    """A user's mesh folder, read (and its skipped files listed) once per process."""
+    return mesh_folder(folder, mesh)
+
+
 def label(name: str) -> str:
     """A mesh's name in reports: its pybullet_data path, or a user mesh's file name."""
     return Path(name).name if Path(name).is_absolute() else name
@@ -61,7 +74,7 @@ def label(name: str) -> str:
 def check_disjoint(train: list[str], test: list[str]) -> None:
     both = sorted(set(train) & set(test))
     if both:
-        raise ValueError(f"pose: objects in both the train and the test split: {both}; the split is by object")
+        raise ValueError(f"objects in both the train and the test split: {both}; the split is by object")
 
 
 @dataclass
@@ -82,9 +95,9 @@ class ObjectSplit:
 
     @classmethod
     def from_config(cls, t: DictConfig) -> "ObjectSplit":
-        fraction = t.get("real_fraction")
+        fraction, folder = t.get("real_fraction"), str(t.get("user_meshes") or "")
         return cls([str(m) for m in t.train_meshes], [str(m) for m in t.test_meshes], int(t.procedural),
-                   real_fraction=None if fraction is None else float(fraction))
+                   user_meshes(folder) if folder else None, None if fraction is None else float(fraction))
 
     def names(self, split: str) -> list[str]:
         if split in ("train", "val"):
@@ -111,3 +124,41 @@ class ObjectSplit:
 
     def source(self, split: str) -> str:
         return "user meshes" if split == "test" and self.user else "pybullet_data"
+
+
+def user_mesh(path: str | Path) -> str:
+    """`solve --mesh FILE`: the mesh's absolute path, loaded (and so checked) now."""
+    name = str(Path(path).resolve())
+    mesh(name)
+    return name
+
+
+class ObjectScenes:
+    """What the image tasks of known objects share: the object split, per-object report rows, batched renders."""
+
+    cfg: DictConfig
+    objects: ObjectSplit
+
+    def names(self, split: str) -> list[str]:
+        return self.objects.names(split)
+
+    def groups(self, batch: Any) -> list[str]:
+        """Per-object rows in the report: the test objects differ far more than a mean shows."""
+        return [label(n) for n in batch.ctx["mesh"]]
+
+    def render_objects(self, factory: Callable[[], Any], names: list[str], params: Tensor,
+                       method: str = "render_array") -> np.ndarray:
+        """`factory()`'s `method` for each sample's object: in `task.render_workers` processes for a big batch."""
+        workers = int(self.cfg.task.render_workers)
+        if workers > 1 and len(names) >= 4 * workers:
+            return render_parallel(factory, workers, mesh, names, params, method)
+        gl = factory()
+        for name in set(names):
+            gl.add_mesh(name, mesh(name))
+        return getattr(gl, method)(names, params)
+
+    @staticmethod
+    def object_keys(args: argparse.Namespace, command: str) -> dict[str, str]:
+        """`bench --meshes DIR` as the config key it sets: the user's meshes replace the test objects."""
+        folder = getattr(args, "meshes", None) if command == "bench" else None
+        return {"user_meshes": str(folder)} if folder else {}
