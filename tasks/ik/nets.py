@@ -8,10 +8,9 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from feedback_solver.feedback import KINDS, width
 from feedback_solver.spaces import Rotation6D, rotmat_to_sixd
 from feedback_solver.update import MLP
-
-POSITION_INPUTS = ("y", "y_t", "residual")
 
 
 def to_body(points: Tensor, root: Tensor, scale: float) -> Tensor:
@@ -27,19 +26,19 @@ class IKUpdate(nn.Module):
         super().__init__()
         self.inputs, self.space = list(inputs), space
         self.scale, self.grad_scale = float(model.position_scale), float(model.grad_scale)
-        dims = {"y": 3 * n_points, "y_t": 3 * n_points, "residual": 3 * n_points,
-                "x": 6 * (space.n - 1), "gradient": space.tangent_dim}
-        self.mlp = MLP(sum(dims[k] for k in self.inputs), model.hidden, space.tangent_dim, model.layers)
+        sizes = {"observation": 3 * n_points, "state": 6 * (space.n - 1), "tangent": space.tangent_dim}
+        self.mlp = MLP(width(self.inputs, sizes), model.hidden, space.tangent_dim, model.layers)
 
     def features(self, fb: dict[str, Tensor], root: Tensor) -> Tensor:
         parts = []
         for k in self.inputs:
-            if k in POSITION_INPUTS:
+            like = KINDS[k].like
+            if like == "observation":
                 parts.append(to_body(fb[k], root, self.scale))
-            elif k == "x":
-                parts.append(fb["x"][:, 6:])  # local rotations of the non-root joints are heading-free
+            elif like == "state":
+                parts.append(fb[k][:, 6:])  # local rotations of the non-root joints are heading-free
             else:
-                parts.append(fb["gradient"] * self.grad_scale)
+                parts.append(fb[k] * self.grad_scale)
         return torch.cat(parts, 1)
 
     def forward(self, fb: dict[str, Tensor], h: Any = None) -> tuple[Tensor, Any]:

@@ -12,9 +12,8 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from feedback_solver.feedback import shaped_like
 from feedback_solver.update import MLP, pixel_coordinates
-
-IMAGE_INPUTS = ("y", "y_t", "residual")
 
 
 def block(a: int, b: int, stride: int) -> nn.Sequential:
@@ -73,8 +72,8 @@ class LightUpdate(nn.Module):
 
     def __init__(self, inputs: list[str], size: int, model: DictConfig):
         super().__init__()
-        self.images = [k for k in inputs if k in IMAGE_INPUTS]
-        if "gradient" in inputs:
+        self.images = shaped_like(inputs, "observation")
+        if shaped_like(inputs, "tangent"):
             raise ValueError("illumination: the pyrender forward model is not differentiable; "
                              "feedback.inputs cannot hold gradient")
         self.net = EncoderDecoder(3 * len(self.images), "x" in inputs, size, model)

@@ -7,9 +7,8 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from feedback_solver.feedback import shaped_like
 from feedback_solver.update import MLP, conv_encoder, pixel_coordinates
-
-IMAGE_INPUTS = ("y", "y_t", "residual")
 
 
 class PoseCNN(nn.Module):
@@ -43,8 +42,8 @@ class PoseUpdate(nn.Module):
 
     def __init__(self, inputs: list[str], size: int, model: DictConfig):
         super().__init__()
-        self.images = [k for k in inputs if k in IMAGE_INPUTS]
-        if "gradient" in inputs:
+        self.images = shaped_like(inputs, "observation")
+        if shaped_like(inputs, "tangent"):
             raise ValueError("pose: the silhouette renderer is not differentiable; feedback.inputs cannot hold "
                              "gradient")
         self.net = PoseCNN(len(self.images), "x" in inputs, size, model)

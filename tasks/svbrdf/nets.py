@@ -8,7 +8,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from feedback_solver.feedback import KINDS, width
 from feedback_solver.update import ConvGRUCell, pixel_coordinates
+from tasks.svbrdf.layout import CHANNELS, MIN_ROUGHNESS, NORMAL, ROUGHNESS
 
 
 def block(a: int, b: int, stride: int = 1) -> nn.Sequential:
@@ -18,9 +20,9 @@ def block(a: int, b: int, stride: int = 1) -> nn.Sequential:
 
 def to_maps(raw: Tensor) -> Tensor:
     """Unbounded net outputs -> maps inside their ranges (sigmoid for albedos and roughness, tanh for normals)."""
-    albedo_rough = torch.sigmoid(raw[:, :7])
-    rough = 0.02 + 0.98 * albedo_rough[:, 6:7]
-    return torch.cat([albedo_rough[:, :6], rough, torch.tanh(raw[:, 7:9])], 1)
+    albedo_rough = torch.sigmoid(raw[:, :NORMAL.start])
+    rough = MIN_ROUGHNESS + (1 - MIN_ROUGHNESS) * albedo_rough[:, ROUGHNESS]
+    return torch.cat([albedo_rough[:, :ROUGHNESS.start], rough, torch.tanh(raw[:, NORMAL])], 1)
 
 
 class GlobalTrack(nn.Module):
@@ -82,8 +84,8 @@ class MapUpdate(nn.Module):
     def __init__(self, inputs: list[str], hidden: int = 64, stride: int = 2, step: float = 0.5,
                  grad_scale: float = 10.0, parts: int = 1):
         super().__init__()
-        self.inputs = [k for k in ("x", "gradient", "gradients") if k in inputs]
-        in_ch = sum(9 * parts if k == "gradients" else 9 for k in self.inputs)
+        self.inputs = [k for k in inputs if KINDS[k].like != "observation"]  # the maps and their gradients
+        in_ch = width(self.inputs, {"state": CHANNELS, "tangent": CHANNELS}, parts)
         self.stride, self.step, self.grad_scale = stride, step, grad_scale
         self.conv1 = nn.Conv2d(in_ch, hidden, 5, stride, 2)
         self.gru1 = ConvGRUCell(hidden, hidden)
@@ -97,9 +99,9 @@ class MapUpdate(nn.Module):
     def features(self, fb: dict[str, Tensor]) -> Tensor:
         parts = []
         for k in self.inputs:
-            v = fb[k].flatten(1, 2) if k == "gradients" else fb[k]  # (B, N, 9, H, W): one gradient per photo
+            v = fb[k].flatten(1, 2) if KINDS[k].per_part else fb[k]  # (B, N, 9, H, W): one gradient per photo
             # dE/dR of a per-pixel mean energy shrinks with the pixel count: undo that, so any size reads the same
-            parts.append(v if k == "x" else compress(v * v.shape[2] * v.shape[3], self.grad_scale))
+            parts.append(v if KINDS[k].like == "state" else compress(v * v.shape[2] * v.shape[3], self.grad_scale))
         return torch.cat(parts, 1)
 
     def forward(self, fb: dict[str, Tensor], h: Any = None) -> tuple[Tensor, list[Tensor]]:

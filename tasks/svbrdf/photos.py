@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Callable
 
 import numpy as np
 import torch
@@ -12,9 +12,7 @@ from torch import Tensor
 
 from feedback_solver.images import opaque_rgb, open_image
 from tasks.svbrdf import materials, options, render
-
-if TYPE_CHECKING:
-    from tasks.svbrdf.task import SVBRDFTask
+from tasks.svbrdf.layout import DIFFUSE, ROUGHNESS, SPECULAR
 
 MIN_SIDE = options.MIN_SIDE
 SATURATED = 0.98
@@ -69,17 +67,18 @@ def save_rgb(img: Tensor, path: Path) -> Path:
     return path
 
 
-def write_maps(x: Tensor, y: Tensor, out: Path, task: "SVBRDFTask") -> list[Path]:
+def write_maps(x: Tensor, y: Tensor, out: Path, relight: Callable[[Tensor], Tensor]) -> list[Path]:
     """diffuse.png, specular.png (gamma, as stored), roughness.png, normal.png ((n + 1) / 2), the re-render under the
     input's flash beside the photo, and a grid of re-renders under the evaluation's new lights."""
     out.mkdir(parents=True, exist_ok=True)
     m = x[0:1]
     n = render.decode(m)[3][0]
-    files = [save_rgb(m[0, 0:3], out / "diffuse.png"), save_rgb(m[0, 3:6], out / "specular.png"),
-             save_rgb(m[0, 6:7].expand(3, -1, -1), out / "roughness.png"), save_rgb((n + 1) / 2, out / "normal.png")]
+    files = [save_rgb(m[0, DIFFUSE], out / "diffuse.png"), save_rgb(m[0, SPECULAR], out / "specular.png"),
+             save_rgb(m[0, ROUGHNESS].expand(3, -1, -1), out / "roughness.png"),
+             save_rgb((n + 1) / 2, out / "normal.png")]
     flash = render.flash_photo(m)[0]
     files.append(save_rgb(torch.cat([y[0], flash], 2), out / "input_vs_render.png"))
-    files.append(save_rgb(render_grid(task.renders(m)[0]), out / "relit.png"))
+    files.append(save_rgb(render_grid(relight(m)[0]), out / "relit.png"))
     err = float((flash - y[0]).pow(2).mean().sqrt())
     print(f"maps written to {out}; re-render RMSE against the photo: {err:.4f}")
     return files

@@ -27,9 +27,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from tasks.svbrdf.layout import MIN_ROUGHNESS
+
 FAMILIES: tuple[str, ...] = ("noise", "tiles", "wood", "cracks", "scratches", "bumps")
 OVERLAYS: tuple[str, ...] = ("noise", "bumps", "cracks", "scratches")  # applied in this order (scratches on top)
-ROUGH_MIN = 0.02  # lower bound of the roughness map (the conventions' range)
 _LAT = 64  # period of the gradient-noise lattice, in lattice cells
 _NOISE_STD = 0.21  # empirical std of one octave of _gradient_noise, to standardise fBm
 _FBM_SLOPE = 15.5  # empirical p99 |grad| (per uv) of unit-std _fbm at base frequency 1, to size bump heights
@@ -536,7 +537,7 @@ def generate_one(rng: np.random.Generator, size: int, family: str | None = None)
     maps = np.concatenate([
         np.clip(mat.diffuse, 0.0, 1.0),
         np.clip(mat.specular, 0.0, 1.0),
-        np.clip(mat.rough, ROUGH_MIN, 1.0)[None],
+        np.clip(mat.rough, MIN_ROUGHNESS, 1.0)[None],
         normal,
     ])
     return torch.from_numpy(maps.astype(np.float32))

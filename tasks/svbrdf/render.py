@@ -2,9 +2,8 @@
 
 Conventions (every module of the task and the README follow them):
 
-- Maps x: (B, 9, H, W) float. Channels 0:3 diffuse albedo and 3:6 specular albedo (F0), both stored in gamma space
-  (linear = stored ** 2.2), in [0, 1]; channel 6 roughness r in [0.02, 1], linear, GGX alpha = r ** 2; channels 7:9
-  the normal (nx, ny) in [-1, 1], the shading normal being normalize((nx, ny, 1)).
+- Maps x: the layout of tasks/svbrdf/layout.py; albedos in gamma space (linear = stored ** 2.2), GGX alpha = r ** 2
+  for the roughness r, the shading normal normalize((nx, ny, 1)).
 - The sample is the square [-1, 1]^2 of the plane z = 0; 1 scene unit = 10 cm, so the sample is 20 cm wide.
   Column j runs along world x from -1 (left) to +1 (right); row i along world y from +1 (row 0, top) to -1.
   The normal's nx is along world x, ny along world y (up in the image).
@@ -22,20 +21,20 @@ import math
 import torch
 from torch import Tensor
 
+from tasks.svbrdf.layout import DIFFUSE, MIN_ROUGHNESS, NORMAL, ROUGHNESS, SPECULAR
+
 GAMMA = 2.2
 CAMERA_HEIGHT = 1.0 / math.tan(math.radians(22.5))  # 2.414: the 45 deg frustum just covers [-1, 1]^2
 FLASH_INTENSITY = 8.0
-MIN_ROUGHNESS = 0.02
-CHANNELS = 9
 EPS = 1e-6
 
 
 def decode(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Maps -> (linear diffuse, linear F0, GGX alpha, unit normal), each (B, C, H, W)."""
-    kd = x[:, 0:3].clamp(0, 1).pow(GAMMA)
-    ks = x[:, 3:6].clamp(0, 1).pow(GAMMA)
-    alpha = x[:, 6:7].clamp(MIN_ROUGHNESS, 1).pow(2)
-    nxy = x[:, 7:9].clamp(-1, 1)
+    kd = x[:, DIFFUSE].clamp(0, 1).pow(GAMMA)
+    ks = x[:, SPECULAR].clamp(0, 1).pow(GAMMA)
+    alpha = x[:, ROUGHNESS].clamp(MIN_ROUGHNESS, 1).pow(2)
+    nxy = x[:, NORMAL].clamp(-1, 1)
     n = torch.cat([nxy, torch.ones_like(nxy[:, :1])], 1)
     return kd, ks, alpha, n / n.norm(dim=1, keepdim=True)
 

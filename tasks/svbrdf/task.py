@@ -17,13 +17,12 @@ from torch import Tensor, nn
 from feedback_solver.problem import Batch, Task
 from feedback_solver.spaces import Maps
 from tasks.svbrdf import options, photos, procedural, render
+from tasks.svbrdf.layout import HIGH, LOW
 from tasks.svbrdf.nets import MapUpdate, UNetInitializer
 
 #: the procedural generator's seed ranges per split (data seeds are < 2^31, so the splits never share a material)
 SPLIT_KEYS = {"train": 0, "val": 1, "test": 2}
 DATA = options.DATA
-LOW = [0.0] * 6 + [render.MIN_ROUGHNESS, -1.0, -1.0]
-HIGH = [1.0] * 9
 MAP_SLICES = {"diffuse": slice(0, 3), "specular": slice(3, 6), "roughness": slice(6, 7)}
 CHUNK = 4  # samples per evaluation render: 4 x 20 re-renders of 256 px is about 60 MB a tensor
 
@@ -206,7 +205,7 @@ class SVBRDFTask(Task):
         return Batch(y, None, {"material": [str(args.image)]})
 
     def write_solution(self, x: Tensor, batch: Batch, args: argparse.Namespace) -> list[Path]:
-        return photos.write_maps(x, batch.y, Path(args.out), self)
+        return photos.write_maps(x, batch.y, Path(args.out), self.renders)
 
 
 def render_rmse(a: Tensor, b: Tensor) -> Tensor:

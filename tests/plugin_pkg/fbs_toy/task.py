@@ -13,12 +13,13 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from feedback_solver import Batch, Task
+from feedback_solver.feedback import width
 from feedback_solver.spaces import Euclidean
 from feedback_solver.update import MLP
 
 DIM, OBS = 4, 8
-#: feature width of each feedback component the update net may be given
-INPUT_DIMS = {"y": OBS, "y_t": OBS, "residual": OBS, "gradient": DIM, "x": DIM}
+#: feature width of each shape of feedback (feedback_solver.feedback.KINDS says which shape each input has)
+SIZES = {"observation": OBS, "state": DIM, "tangent": DIM}
 #: environment variable that moves `checkpoint_dir` (tests point it at a temporary folder)
 CHECKPOINT_ENV = "FBS_TOY_CHECKPOINTS"
 
@@ -37,7 +38,7 @@ class ToyUpdate(nn.Module):
     def __init__(self, inputs: list[str], model: DictConfig):
         super().__init__()
         self.inputs = list(inputs)
-        self.mlp = MLP(sum(INPUT_DIMS[k] for k in self.inputs), int(model.hidden), DIM, int(model.layers))
+        self.mlp = MLP(width(self.inputs, SIZES), int(model.hidden), DIM, int(model.layers))
 
     def forward(self, fb: dict[str, Tensor], h: Any = None) -> tuple[Tensor, Any]:
         return self.mlp(torch.cat([fb[k] for k in self.inputs], 1)), h
