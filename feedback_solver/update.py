@@ -6,6 +6,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from feedback_solver.feedback import width
+
 
 class MLP(nn.Sequential):
     """Fully connected net; the last layer starts small so an untrained update is a small step."""
@@ -21,6 +23,29 @@ class MLP(nn.Sequential):
             last.weight.mul_(last_scale)
             last.bias.zero_()
         super().__init__(*mods, last)
+
+
+class FlatUpdate(nn.Module):
+    """An MLP on the feedback components stacked: the update net of a task whose x and y are vectors."""
+
+    def __init__(self, inputs: list[str], sizes: dict[str, int], out_dim: int, hidden: int, layers: int = 2):
+        super().__init__()
+        self.inputs = list(inputs)
+        self.mlp = MLP(width(self.inputs, sizes), hidden, out_dim, layers)
+
+    def forward(self, fb: dict[str, Tensor], h: Any = None) -> tuple[Tensor, Any]:
+        return self.mlp(torch.cat([fb[k] for k in self.inputs], 1)), h
+
+
+class FlatInitializer(nn.Module):
+    """Regression from a vector observation: x0' = x0 + MLP(y)."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, layers: int = 2):
+        super().__init__()
+        self.mlp = MLP(in_dim, hidden, out_dim, layers, last_scale=1.0)
+
+    def forward(self, y: Tensor, ctx: dict[str, Any], x0: Tensor) -> Tensor:
+        return x0 + self.mlp(y)
 
 
 class ConvGRUCell(nn.Module):

@@ -159,7 +159,7 @@ def test_a_net_of_the_wrong_output_size_is_named_with_the_space(capsys, tmp_path
 
     monkeypatch.setattr(toy_cls, "make_update", narrow)
     refused(capsys, "train", "toy", "--out", tmp_path / "x.safetensors", "solver.init=constant", *FAST,
-            match="update net ToyUpdate (stage 0) returned a step of shape (64, 2); the space Euclidean takes (B, 4)")
+            match="update net FlatUpdate (stage 0) returned a step of shape (64, 2); the space Euclidean takes (B, 4)")
 
 
 def test_a_forward_model_that_returns_nan_is_named(capsys, tmp_path, toy_cls, monkeypatch):

@@ -104,7 +104,7 @@ def test_a_step_of_the_wrong_shape_names_the_net_and_the_space(solvers):
     real = solver.stages.nets[0].forward
     solver.stages.nets[0].forward = lambda fb, h=None: (real(fb, h)[0][:, :3], h)
     try:
-        with pytest.raises(ValueError, match=r"update net ToyUpdate \(stage 0\) returned a step of shape \(4, 3\); "
+        with pytest.raises(ValueError, match=r"update net FlatUpdate \(stage 0\) returned a step of shape \(4, 3\); "
                                              r"the space Euclidean takes \(B, 4\)"):
             solver.solve(batch.y, batch.ctx)
     finally:

@@ -13,9 +13,8 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from feedback_solver import Batch, Task
-from feedback_solver.feedback import width
 from feedback_solver.spaces import Euclidean
-from feedback_solver.update import MLP
+from feedback_solver.update import FlatInitializer, FlatUpdate
 
 DIM, OBS = 4, 8
 #: feature width of each shape of feedback (feedback_solver.feedback.KINDS says which shape each input has)
@@ -30,29 +29,6 @@ def matrices(seed: int = 1234) -> tuple[Tensor, Tensor]:
     a = torch.randn(OBS, DIM, generator=gen) / DIM**0.5 * 1.5
     b = torch.randn(OBS, DIM, generator=gen) / DIM**0.5
     return a, b
-
-
-class ToyUpdate(nn.Module):
-    """MLP over the concatenated flat feedback components."""
-
-    def __init__(self, inputs: list[str], model: DictConfig):
-        super().__init__()
-        self.inputs = list(inputs)
-        self.mlp = MLP(width(self.inputs, SIZES), int(model.hidden), DIM, int(model.layers))
-
-    def forward(self, fb: dict[str, Tensor], h: Any = None) -> tuple[Tensor, Any]:
-        return self.mlp(torch.cat([fb[k] for k in self.inputs], 1)), h
-
-
-class ToyInitializer(nn.Module):
-    """Regression from y: x0' = x0 + MLP(y)."""
-
-    def __init__(self, model: DictConfig):
-        super().__init__()
-        self.mlp = MLP(OBS, int(model.hidden), DIM, int(model.layers), last_scale=1.0)
-
-    def forward(self, y: Tensor, ctx: dict[str, Any], x0: Tensor) -> Tensor:
-        return x0 + self.mlp(y)
 
 
 class ToyTask(Task):
@@ -113,10 +89,10 @@ class ToyTask(Task):
 
     # --- learned parts -------------------------------------------------------------------------
     def make_update(self, inputs: list[str], model: DictConfig) -> nn.Module:
-        return ToyUpdate(inputs, model)
+        return FlatUpdate(inputs, SIZES, DIM, int(model.hidden), int(model.layers))
 
     def make_initializer(self, model: DictConfig) -> nn.Module:
-        return ToyInitializer(model)
+        return FlatInitializer(OBS, DIM, int(model.hidden), int(model.layers))
 
     # --- command line ----------------------------------------------------------------------------
     @property
