@@ -6,7 +6,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from feedback_solver.feedback import width
+from feedback_solver.feedback import shaped_like, width
 
 
 class MLP(nn.Sequential):
@@ -46,6 +46,25 @@ class FlatInitializer(nn.Module):
 
     def forward(self, y: Tensor, ctx: dict[str, Any], x0: Tensor) -> Tensor:
         return x0 + self.mlp(y)
+
+
+class ImageUpdate(nn.Module):
+    """The update of an image task: a net on the observation-shaped feedback stacked as channels, seeing x where
+    `feedback.inputs` holds it. `make(images, with_x)` builds the net for that many stacked observations."""
+
+    def __init__(self, inputs: list[str], make: Callable[[int, bool], nn.Module], task: str):
+        super().__init__()
+        self.images = shaped_like(inputs, "observation")
+        if shaped_like(inputs, "tangent"):
+            raise ValueError(f"{task}: the forward model is not differentiable; feedback.inputs cannot hold gradient")
+        self.net = make(len(self.images), "x" in inputs)
+
+    @property
+    def aux(self) -> dict[str, Tensor]:
+        return getattr(self.net, "aux", {})
+
+    def forward(self, fb: dict[str, Tensor], h: Any = None) -> tuple[Tensor, Any]:
+        return self.net(torch.cat([fb[k] for k in self.images], 1), fb.get("x")), h
 
 
 class ConvGRUCell(nn.Module):

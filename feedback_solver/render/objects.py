@@ -17,6 +17,7 @@ import trimesh
 from omegaconf import DictConfig
 from torch import Tensor
 
+from feedback_solver.render.gl import Camera
 from feedback_solver.render.mesh import load_mesh, mesh_folder
 from feedback_solver.render.parallel import render_parallel
 
@@ -138,6 +139,23 @@ class ObjectScenes:
 
     cfg: DictConfig
     objects: ObjectSplit
+    #: the task's differentiable-renderer baseline, f(task, y, ctx, x0, cfg) (it imports Mitsuba only when it runs)
+    mitsuba: Callable[..., Any]
+    #: the task's add_cli_options(parser, command), from a module without heavy imports
+    cli_options: Callable[[argparse.ArgumentParser, str], None]
+
+    def __init__(self, cfg: DictConfig):
+        super().__init__(cfg)
+        t = cfg.task
+        self.camera = Camera(int(t.size), float(t.focal), float(t.distance))
+        self.objects = ObjectSplit.from_config(t)
+
+    def optimisers(self) -> dict[str, Callable[..., Any]]:
+        return {"mitsuba": self.mitsuba}
+
+    @classmethod
+    def add_cli_options(cls, parser: argparse.ArgumentParser, command: str) -> None:
+        cls.cli_options(parser, command)
 
     def names(self, split: str) -> list[str]:
         return self.objects.names(split)

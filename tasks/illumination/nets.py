@@ -12,8 +12,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from feedback_solver.feedback import shaped_like
-from feedback_solver.update import MLP, pixel_coordinates
+from feedback_solver.update import MLP, ImageUpdate, pixel_coordinates
 
 
 def block(a: int, b: int, stride: int) -> nn.Sequential:
@@ -67,23 +66,9 @@ class EncoderDecoder(nn.Module):
         return {"depth": self.depth(f)}
 
 
-class LightUpdate(nn.Module):
+def light_update(inputs: list[str], size: int, model: DictConfig) -> ImageUpdate:
     """Residual feedback (y, y_t, y - y_t as RGB channels) and the current light -> the light's update."""
-
-    def __init__(self, inputs: list[str], size: int, model: DictConfig):
-        super().__init__()
-        self.images = shaped_like(inputs, "observation")
-        if shaped_like(inputs, "tangent"):
-            raise ValueError("illumination: the pyrender forward model is not differentiable; "
-                             "feedback.inputs cannot hold gradient")
-        self.net = EncoderDecoder(3 * len(self.images), "x" in inputs, size, model)
-
-    @property
-    def aux(self) -> dict[str, Tensor]:
-        return self.net.aux
-
-    def forward(self, fb: dict[str, Tensor], h: Any = None) -> tuple[Tensor, Any]:
-        return self.net(torch.cat([fb[k] for k in self.images], 1), fb.get("x")), h
+    return ImageUpdate(inputs, lambda images, with_x: EncoderDecoder(3 * images, with_x, size, model), "illumination")
 
 
 class LightInitializer(nn.Module):

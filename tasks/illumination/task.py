@@ -11,7 +11,7 @@ import json
 import math
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import roma
@@ -22,12 +22,11 @@ from torch import Tensor, nn
 
 from feedback_solver.images import opaque_rgb, open_image
 from feedback_solver.problem import Batch, Task
-from feedback_solver.render import Camera
-from feedback_solver.render.objects import ObjectScenes, ObjectSplit, user_mesh
+from feedback_solver.render.objects import ObjectScenes, user_mesh
 from feedback_solver.render.shaded import KINDS, Lighting, ShadedRenderer, shaded_renderer
 from feedback_solver.spaces import Shell
 from tasks.illumination import mitsuba, options
-from tasks.illumination.nets import LightInitializer, LightUpdate
+from tasks.illumination.nets import LightInitializer, light_update
 
 SPLIT_OFFSETS = {"train": 0, "val": 5_555_555, "test": 9_999_991}
 BACKGROUND_DEPTH = 1.5  # depth-head target off the object (object depths are within +-1 of its centre)
@@ -38,12 +37,12 @@ class IlluminationTask(ObjectScenes, Task):
 
     name = "illumination"
     differentiable = False
+    mitsuba = staticmethod(mitsuba.optimise)
+    cli_options = staticmethod(options.add_cli_options)
 
     def __init__(self, cfg: DictConfig):
-        super().__init__(cfg)
+        super().__init__(cfg)  # the camera and the objects (ObjectScenes)
         t = cfg.task
-        self.camera = Camera(int(t.size), float(t.focal), float(t.distance))
-        self.objects = ObjectSplit.from_config(t)
         if str(t.light) not in KINDS:
             raise ValueError(f"task.light must be one of {KINDS}, got {t.light!r}")
 
@@ -172,20 +171,12 @@ class IlluminationTask(ObjectScenes, Task):
 
     # --- learned parts -----------------------------------------------------------------------------
     def make_update(self, inputs: list[str], model: DictConfig) -> nn.Module:
-        return LightUpdate(inputs, self.camera.size, model)
+        return light_update(inputs, self.camera.size, model)
 
     def make_initializer(self, model: DictConfig) -> nn.Module:
         return LightInitializer(self.camera.size, model, self.space)
 
-    def optimisers(self) -> dict[str, Callable[..., Any]]:
-        """The differentiable-renderer baseline (Mitsuba 3, imported only when it runs)."""
-        return {"mitsuba": mitsuba.optimise}
-
     # --- command line ----------------------------------------------------------------------------------
-    @classmethod
-    def add_cli_options(cls, parser: argparse.ArgumentParser, command: str) -> None:
-        options.add_cli_options(parser, command)
-
     def from_cli(self, args: argparse.Namespace, command: str) -> list[Task]:
         """--light, or for bench without it both light kinds (each its own space, checkpoints and report)."""
         chosen = getattr(args, "light", None)

@@ -7,8 +7,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from feedback_solver.feedback import shaped_like
-from feedback_solver.update import MLP, conv_encoder, pixel_coordinates
+from feedback_solver.update import MLP, ImageUpdate, conv_encoder, pixel_coordinates
 
 
 class PoseCNN(nn.Module):
@@ -37,19 +36,9 @@ class PoseCNN(nn.Module):
         return self.head(f)
 
 
-class PoseUpdate(nn.Module):
+def pose_update(inputs: list[str], size: int, model: DictConfig) -> ImageUpdate:
     """Residual feedback (y, y_t, y - y_t as image channels) -> tangent update of the pose."""
-
-    def __init__(self, inputs: list[str], size: int, model: DictConfig):
-        super().__init__()
-        self.images = shaped_like(inputs, "observation")
-        if shaped_like(inputs, "tangent"):
-            raise ValueError("pose: the silhouette renderer is not differentiable; feedback.inputs cannot hold "
-                             "gradient")
-        self.net = PoseCNN(len(self.images), "x" in inputs, size, model)
-
-    def forward(self, fb: dict[str, Tensor], h: Any = None) -> tuple[Tensor, Any]:
-        return self.net(torch.cat([fb[k] for k in self.images], 1), fb.get("x")), h
+    return ImageUpdate(inputs, lambda images, with_x: PoseCNN(images, with_x, size, model), "pose")
 
 
 class PoseInitializer(nn.Module):

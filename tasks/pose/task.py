@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import roma
@@ -18,11 +18,11 @@ from torch import Tensor, nn
 
 from feedback_solver.images import open_image
 from feedback_solver.problem import Batch, Task
-from feedback_solver.render import Camera, SilhouetteRenderer, renderer
-from feedback_solver.render.objects import ObjectScenes, ObjectSplit, user_mesh
+from feedback_solver.render import SilhouetteRenderer, renderer
+from feedback_solver.render.objects import ObjectScenes, user_mesh
 from feedback_solver.spaces import QuaternionTranslation, degrees
 from tasks.pose import mitsuba, options
-from tasks.pose.nets import PoseInitializer, PoseUpdate
+from tasks.pose.nets import PoseInitializer, pose_update
 
 SPLIT_OFFSETS = {"train": 0, "val": 5_555_555, "test": 9_999_991}
 # A mirror of the scene in a camera axis through the principal point (the image centre): the sign it puts on the
@@ -64,12 +64,12 @@ class PoseTask(ObjectScenes, Task):
 
     name = "pose"
     differentiable = False
+    mitsuba = staticmethod(mitsuba.optimise)  # the seed's differentiable-renderer baseline
+    cli_options = staticmethod(options.add_cli_options)
 
     def __init__(self, cfg: DictConfig):
-        super().__init__(cfg)
+        super().__init__(cfg)  # the camera and the objects (ObjectScenes)
         t = cfg.task
-        self.camera = Camera(int(t.size), float(t.focal), float(t.distance))
-        self.objects = ObjectSplit.from_config(t)
         self._space = QuaternionTranslation(-float(t.translation_bound), float(t.translation_bound),
                                             frame=str(t.rotation_frame))
 
@@ -163,20 +163,12 @@ class PoseTask(ObjectScenes, Task):
 
     # --- learned parts -------------------------------------------------------------------------------
     def make_update(self, inputs: list[str], model: DictConfig) -> nn.Module:
-        return PoseUpdate(inputs, self.camera.size, model)
+        return pose_update(inputs, self.camera.size, model)
 
     def make_initializer(self, model: DictConfig) -> nn.Module:
         return PoseInitializer(self.camera.size, model, self.space)
 
-    def optimisers(self) -> dict[str, Callable[..., Any]]:
-        """The seed's differentiable-renderer baseline (Mitsuba 3 is imported only when it runs)."""
-        return {"mitsuba": mitsuba.optimise}
-
     # --- command line ----------------------------------------------------------------------------------
-    @classmethod
-    def add_cli_options(cls, parser: argparse.ArgumentParser, command: str) -> None:
-        options.add_cli_options(parser, command)
-
     def from_cli(self, args: argparse.Namespace, command: str) -> list[Task]:
         keys = self.object_keys(args, command)
         return [self.setting(**keys)] if keys else [self]
