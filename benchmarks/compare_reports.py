@@ -46,13 +46,32 @@ def differences(a: dict[str, Any], b: dict[str, Any], rel: float) -> list[str]:
     return out
 
 
+def common_methods(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    """Both reports cut down to the methods (and subset methods) that both ran."""
+    out = []
+    for r, other in ((a, b), (b, a)):
+        r = json.loads(json.dumps(r))
+        r["methods"] = {k: v for k, v in r["methods"].items() if k in other["methods"]}
+        if "subset" in r:
+            theirs = other.get("subset", {}).get("methods", {})
+            r["subset"]["methods"] = {k: v for k, v in r["subset"]["methods"].items() if k in theirs}
+            r["subset"].pop("match", None)
+        out.append(r)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("before", type=Path)
     parser.add_argument("after", type=Path)
     parser.add_argument("--rel", type=float, default=1e-6, help="relative tolerance of a number")
+    parser.add_argument("--common", action="store_true",
+                        help="only the methods both reports ran (a rerun of some methods of a full report)")
     args = parser.parse_args(argv)
-    a, b = (leaves(json.loads(p.read_text())) for p in (args.before, args.after))
+    reports = [json.loads(p.read_text()) for p in (args.before, args.after)]
+    if args.common:
+        reports = common_methods(*reports)
+    a, b = (leaves(r) for r in reports)
     diff = differences(a, b, args.rel)
     print("\n".join(diff) if diff else f"same: {len(a)} figures of {args.before} and {args.after} agree")
     return 1 if diff else 0
