@@ -102,11 +102,12 @@ def load_config(task_cls: type, overrides: list[str] | None = None, variant: str
         cfg = OmegaConf.merge(cfg, cfg.variants[variant])
     OmegaConf.set_struct(cfg, True)
     OmegaConf.set_struct(cfg.baselines.hybrid_overrides, False)  # its keys are those of `baselines`, checked below
+    OmegaConf.set_struct(cfg.bench.learned, False)  # a task's (or the command line's) own learned methods
     for item in overrides or []:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form key=value")
         key = item.split("=", 1)[0]
-        if not known_key(cfg, key):
+        if not known_key(cfg, key) and not key.startswith("bench.learned."):
             raise KeyError(f"unknown config key {key!r} in override {item!r}")
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides or []))
     validate(cfg)
@@ -140,6 +141,10 @@ def validate(cfg: DictConfig) -> None:
     for key in flat_keys(cfg.baselines.hybrid_overrides, "baselines.hybrid_overrides"):
         if not known_key(cfg, key):
             raise KeyError(f"{key}: not a key of baselines")
+    for name, entry in cfg.bench.learned.items():
+        extra = set(entry) - {"checkpoint", "off", "steps"} if isinstance(entry, DictConfig) else {"(not a mapping)"}
+        if extra or "checkpoint" not in entry:
+            raise ValueError(f"bench.learned.{name}: give checkpoint and optionally off, steps; got {sorted(entry)}")
     bad = [k for k in cfg.feedback.inputs if k not in INPUTS]
     if bad:
         raise ValueError(f"feedback.inputs: unknown {bad}; choose from {list(INPUTS)}")

@@ -88,3 +88,31 @@ def test_the_task_base_asks_for_few_hooks_and_the_toy_plugin_writes_only_what_it
     written = {k for k in vars(ToyTask) if not k.startswith("_")} - {"name", "default_config", "differentiable"}
     assert written <= set(Task.__abstractmethods__) | {"is_outlier", "make_initializer", "checkpoint_dir",
                                                       "describe_data"}
+
+
+def test_bench_methods_are_data_not_core_words():
+    from fbs_toy.task import ToyTask
+    from omegaconf import OmegaConf
+
+    from feedback_solver.bench import Learned, learned
+    from feedback_solver.config import load_config
+
+    cfg = load_config(ToyTask)
+    assert learned("feedback", cfg) == Learned("feedback")
+    assert learned("feedback_gradient", cfg) == Learned("feedback_gradient")  # a variant: its own checkpoint
+    assert learned("feedback_no_damping", cfg) == Learned("feedback", ("damping",))
+    assert learned("feedback_shared_no_restarts_no_symmetry", cfg) == Learned("feedback_shared",
+                                                                              ("restarts", "symmetry"))
+    assert learned("feedback_no_gravity", cfg) is None and learned("adam", cfg) is None
+    own = OmegaConf.merge(cfg, {"bench": {"learned": {"initializer": {"checkpoint": "feedback", "steps": 0}}}})
+    assert learned("initializer", own) == Learned("feedback", (), 0)
+
+
+def test_a_learned_method_entry_is_checked_when_the_config_loads():
+    from fbs_toy.task import ToyTask
+
+    from feedback_solver.config import load_config
+
+    assert load_config(ToyTask, ["bench.learned.short.checkpoint=feedback", "bench.learned.short.steps=1"])
+    with pytest.raises(ValueError, match=r"bench.learned.short: give checkpoint"):
+        load_config(ToyTask, ["bench.learned.short.steps=1"])
