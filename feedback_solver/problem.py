@@ -199,7 +199,7 @@ class Settings:
     cfg: DictConfig
 
     def setting(self, **task_keys: Any) -> "Task":
-        """This task with some `task.*` config keys changed: a fresh task, since all its state is its config."""
+        """This task with some `task.*` config keys changed: a fresh task built from a copy of its config."""
         cfg = copy.deepcopy(self.cfg)
         for key, value in task_keys.items():
             cfg.task[key] = value

@@ -81,7 +81,7 @@ class ArmTask(Task):
         home = torch.tensor([float(v) for v in self.cfg.task.home])
         if home.shape != (self.space.dim,):
             raise ValueError(f"task.home has {len(home)} angles; the arm has {self.space.dim} joints")
-        return home.expand(len(batch), -1).clone()
+        return home.to(batch.y).expand(len(batch), -1).clone()
 
     def metrics(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any]) -> dict[str, Tensor]:
         """The pose reached: position error in cm and the angle (deg) between the two orientations."""
