@@ -1,4 +1,5 @@
-"""Whether and how far to take a proposed step: always, or damped LM-style per sample."""
+"""The solver's inference strategies, built in one factory (`strategies`): how far to take a proposed step (always,
+or damped LM-style per sample) and which samples to solve again from other starts."""
 from __future__ import annotations
 
 import time
@@ -6,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
 
 from feedback_solver.problem import index_ctx
@@ -88,3 +90,26 @@ class LMDamping:
             lam[idx[~ok]] *= self.factor
         lam[~accepted] = 0.0
         return Accepted(x_new, y_new, e_new, lam, seconds, nonfinite)
+
+
+@dataclass(frozen=True)
+class Restarts:
+    """Solve again, from `starts` of the task's other starts, the samples whose final energy stays above
+    `energy_above`; each keeps its lowest-energy run. No starts: switched off."""
+
+    starts: int = 0
+    energy_above: float = 0.0
+
+    def chosen(self, energy: Tensor) -> Tensor:
+        """The samples to solve again."""
+        return (energy > self.energy_above).nonzero().flatten()
+
+
+Acceptance = AlwaysAccept | LMDamping
+
+
+def strategies(solver: DictConfig) -> tuple[Acceptance, Restarts]:
+    """The `solver` section's damping and restarts as objects: the one place the solver's strategies are built."""
+    d, r = solver.damping, solver.get("restarts") or {}
+    acceptance = LMDamping(d.max_halvings, d.factor) if d.enabled else AlwaysAccept()
+    return acceptance, Restarts(int(r.get("starts", 0)), float(r.get("energy_above", 0.0)))

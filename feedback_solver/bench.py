@@ -242,7 +242,7 @@ def run_bench(task: Task, cfg: DictConfig, out: str | os.PathLike, methods: list
     if sub["methods"]:
         sub["match"] = matches(sub["methods"])
         result["subset"] = sub
-    result["config"] = OmegaConf.to_container(cfg, resolve=True)
+    result["config"] = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     write_report(result, out)
     return result
 

@@ -69,13 +69,18 @@ class FeedbackOut:
     seconds: float
 
 
+def check_inputs(inputs: list[str] | tuple[str, ...]) -> None:
+    """feedback.inputs names known kinds (the config's loader and a checkpoint's solver both ask)."""
+    unknown = [k for k in inputs if k not in INPUTS]
+    if unknown or not inputs:
+        raise ValueError(f"feedback.inputs: unknown {unknown or 'empty list'}; choose from {list(INPUTS)}")
+
+
 class Feedback:
     """Computes the chosen feedback components at x_t; everything but x is detached before it enters the net."""
 
     def __init__(self, inputs: list[str] | tuple[str, ...]):
-        unknown = [k for k in inputs if k not in INPUTS]
-        if unknown or not inputs:
-            raise ValueError(f"feedback.inputs: unknown {unknown or 'empty list'}; choose from {list(INPUTS)}")
+        check_inputs(inputs)
         self.inputs = tuple(inputs)
         self.needs_gradient = any(KINDS[k].gradient for k in self.inputs)
         self.per_part = any(KINDS[k].per_part for k in self.inputs)

@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from feedback_solver.acceptance import AlwaysAccept, LMDamping
+from feedback_solver.acceptance import Acceptance, Restarts, strategies
 from feedback_solver.checkpoints import load_weights, read_model
 from feedback_solver.feedback import Feedback
 from feedback_solver.problem import Batch, Task, index_ctx
@@ -19,9 +19,9 @@ from feedback_solver.progress import bar
 from feedback_solver.update import Stages
 
 
-def no_restarts() -> DictConfig:
-    """`solver.restarts` switched off: for checkpoints saved before restarts existed, training and ablations."""
-    return OmegaConf.create({"starts": 0, "energy_above": 0.0})
+def no_restarts() -> Restarts:
+    """Restarts switched off: for training and ablations."""
+    return Restarts()
 
 
 @dataclass
@@ -75,10 +75,10 @@ class FeedbackSolver(nn.Module):
         task: "Task",
         stages: Stages | None,
         feedback: Feedback,
-        acceptance: AlwaysAccept | LMDamping,
+        acceptance: Acceptance,
         steps: int,
         initializer: nn.Module | None = None,
-        restarts: DictConfig | None = None,
+        restarts: Restarts | None = None,
         symmetric: bool = False,
     ):
         super().__init__()
@@ -100,7 +100,7 @@ class FeedbackSolver(nn.Module):
         tensors, cfg, _ = read_model(path, task.name)
         task.check_checkpoint(cfg, path)
         running = task.cfg.solver
-        cfg.solver.restarts = OmegaConf.to_container(running.get("restarts") or no_restarts(), resolve=True)
+        cfg.solver.restarts = OmegaConf.to_container(running.restarts, resolve=True) if "restarts" in running else {}
         cfg.solver.symmetries = bool(running.get("symmetries", False)) and "symmetry" not in off
         if "damping" in off:
             cfg.solver.damping.enabled = False
@@ -190,7 +190,7 @@ class FeedbackSolver(nn.Module):
         The trace's rows of a sample that a restart improved become that run's (so E_t stays that run's, and
         monotone under damping), and the restarts' time is added to each step's.
         """
-        redo = (trace.energy[-1] > self.restarts.energy_above).nonzero().flatten()
+        redo = self.restarts.chosen(trace.energy[-1])
         trace.resolved = torch.zeros(len(y), dtype=torch.bool, device=y.device)
         trace.restarted = torch.zeros_like(trace.resolved)
         trace.resolved[redo] = True
@@ -246,12 +246,10 @@ def build_solver(task: "Task", cfg: DictConfig) -> FeedbackSolver:
         raise ValueError(f"feedback.inputs contains 'gradient' but task {task.name!r}: forward is not "
                          "differentiable and no surrogate_forward is given")
     stages = None if scfg.steps == 0 else Stages(lambda: task.make_update(inputs, cfg.model), scfg.steps, scfg.mode)
-    damping = scfg.damping
-    acceptance = LMDamping(damping.max_halvings, damping.factor) if damping.enabled else AlwaysAccept()
+    acceptance, restarts = strategies(scfg)
     initializer = task.make_initializer(cfg.model) if scfg.init == "learned" else None
     if scfg.init == "learned" and initializer is None:
         raise ValueError(f"solver.init=learned but task {task.name!r} has no learned initializer")
-    restarts = scfg.get("restarts") or no_restarts()
     symmetric = bool(scfg.get("symmetries", False))
     if symmetric and not task.symmetries():
         raise ValueError(f"solver.symmetries=true but task {task.name!r} defines no symmetries")

@@ -117,13 +117,6 @@ class Pool:
 POOL_PHASE = 9_999  # a phase index of its own for the pool's data seed
 
 
-def make_pool(run: "Run") -> Pool:
-    """This rank's share of train.pool samples, drawn once with a seed of its own."""
-    size = run.cfg.train.pool // run.dist.world_size
-    seed = data_seed(run.cfg.seed, POOL_PHASE, 0, run.dist.rank, run.dist.world_size)
-    return Pool(run.task.sample(size, "train", seed).to(run.dist.device))
-
-
 @torch.no_grad()
 def advance(solver: FeedbackSolver, pool: Pool, stage: int, chunk: int) -> None:
     """Bring the pool's states to `stage`: x_0 from the initializer, then accepted steps of stages < `stage`."""
@@ -179,19 +172,20 @@ def validate(solver: FeedbackSolver, batch: Batch) -> float:
 
 def state_config(cfg: DictConfig) -> str:
     """The config a resumed run must match: all but the device and train.stop_after (a GPU may resume a CPU run)."""
-    c = OmegaConf.to_container(cfg, resolve=True)
+    c = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     c.pop("device", None)
     c.get("train", {}).pop("stop_after", None)
     return OmegaConf.to_yaml(OmegaConf.create(c))
 
 
 @dataclass
-class Run:
-    """What a training run carries across phases: where it is, its clock, and what it logs."""
+class Trainer:
+    """A training run's state across phases: the solver it trains, where it is, its clocks and what it logs."""
 
     task: Task
     cfg: DictConfig
     dist: Dist
+    solver: FeedbackSolver
     plan: list[Phase]
     state_path: Path
     val: Batch | None
@@ -207,6 +201,170 @@ class Run:
     @property
     def per_rank(self) -> int:
         return self.cfg.train.batch_size // self.dist.world_size
+
+    def make_pool(self) -> Pool:
+        """This rank's share of train.pool samples, drawn once with a seed of its own."""
+        size = self.cfg.train.pool // self.dist.world_size
+        seed = data_seed(self.cfg.seed, POOL_PHASE, 0, self.dist.rank, self.dist.world_size)
+        return Pool(self.task.sample(size, "train", seed).to(self.dist.device))
+
+    def fit(self, out: Path, state: dict | None) -> Path:
+        """The run itself, once every rank holds the same resume state (or none)."""
+        task, cfg, dist = self.task, self.cfg, self.dist
+        fitted = init_from(self.solver, task, str(cfg.train.init_from), dist.is_main,
+                           load=state is None) if cfg.train.init_from else []
+        self.kept = fine_tuned_stages(self.solver, fitted)
+        start_phase, start_it = self.restore(state)
+        dist.agree("the resume point and the weights", (start_phase, start_it, distributed.digest(self.solver)))
+        if dist.is_main:
+            self.val = task.sample(cfg.train.val_samples, "val", cfg.seed).to(dist.device)
+            if self.progress:
+                print(describe_plan(self.plan, start_phase, start_it))
+        if cfg.train.stop_after > 0:
+            self.budget = int(cfg.train.stop_after)
+        try:
+            for p_idx in range(start_phase, len(self.plan)):
+                first = start_it if p_idx == start_phase else 0
+                self.run_phase(p_idx, first, state if p_idx == start_phase else None)
+                dist.barrier()  # every rank finishes stage t before stage t+1 starts
+        except Paused:
+            if dist.is_main:
+                print(f"train.stop_after={cfg.train.stop_after} reached; continue with --resume ({self.state_path})")
+            return self.state_path
+        self.finish(out)
+        return out
+
+    def read_state(self, resume: bool) -> dict | None:
+        """Rank 0's choice: the state to continue (--resume), or None for a fresh run; refused when inconsistent."""
+        path = self.state_path
+        if not resume:
+            if path.exists():
+                raise ValueError(f"{path}: a training state of an interrupted run exists; continue it with --resume, "
+                                 "or delete it to start afresh")
+            return None
+        if not path.exists():
+            raise ValueError(f"--resume: no training state at {path}; nothing to continue "
+                             "(drop --resume to start afresh)")
+        state = load_state(path)
+        if state.get("task") != self.task.name or state.get("config") != state_config(self.cfg):
+            raise ValueError(f"{path} was written by another task or config; remove it or drop --resume")
+        ranks = state.get("world_size", 1)
+        if ranks != self.dist.world_size:
+            raise ValueError(f"{path} was written by a {ranks}-rank run and this one has {self.dist.world_size}; "
+                             f"resume it with {ranks} rank(s) (torchrun --nproc_per_node={ranks}): ranks draw their "
+                             "own data, so another world size would continue neither run")
+        return state
+
+    def restore(self, state: dict | None) -> tuple[int, int]:
+        """Put the agreed resume state into the solver and the run's clocks; (phase, iteration) to start from."""
+        if state is None:
+            return 0, 0
+        self.solver.load_state_dict(state["model"])
+        self.elapsed, self.samples = state["seconds"], state.get("samples", 0)
+        self.step_seconds = state.get("step_seconds", 0.0)
+        self.losses = state.get("losses", {})
+        return state["phase"], state["iteration"]
+
+    def finish(self, out: Path) -> None:
+        """Rank 0 writes the model (with every rank's weight digest, which must agree) and drops the training state."""
+        digests = self.dist.gather(distributed.digest(self.solver))
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"ranks ended with different weights ({digests}); DDP replicas diverged")
+        self.solver.requires_grad_(True)
+        if self.dist.is_main:
+            meta = {"phases": [p.name for p in self.plan], "train_seconds": round(self.elapsed, 1),
+                    "val_distance": validate(self.solver, self.val), "world_size": self.dist.world_size,
+                    "threads_per_rank": torch.get_num_threads(),
+                    "samples_per_second": round(self.samples / max(self.step_seconds, 1e-9), 1),
+                    "loss": self.losses, "rank_digests": digests}
+            save_model(out, self.solver, self.task.name, self.cfg, meta)
+            self.state_path.unlink(missing_ok=True)
+        self.dist.barrier()
+
+    def run_phase(self, p_idx: int, first: int, state: dict | None) -> None:
+        """Optimise one phase from iteration `first`, checkpointing atomically every train.checkpoint_every."""
+        phase, tcfg, dist = self.plan[p_idx], self.cfg.train, self.dist
+        if first == 0 and tcfg.warm_start and phase.stage not in self.kept:
+            warm_start(self.solver, phase)
+        params = phase_parameters(self.solver, phase)
+        opt, sched = make_optimiser(params, self.cfg, phase.iterations)
+        if state is not None and first > 0:
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+        freeze_except(self.solver, params)
+        model = distributed.wrap(PhaseLoss(self.solver, phase, tcfg.supervision), dist)
+        bar = progress_bar(range(first, phase.iterations), self.progress, desc=f"{self.task.name} {phase.name}",
+                   initial=first, total=phase.iterations, mininterval=2.0)
+        self.solver.train()
+        tick = log_tick = time.perf_counter()
+        window: list[float] = []
+        pooled = self.uses_pool(phase)
+        if pooled:
+            self.pool = self.pool or self.make_pool()
+            if phase.stage is not None:
+                advance(self.solver, self.pool, phase.stage, tcfg.batch_size)
+        for it in bar:
+            step_start = time.perf_counter()
+            seed = data_seed(self.cfg.seed, p_idx, it, dist.rank, dist.world_size)
+            fresh = None if pooled else self.task.sample(self.per_rank, "train", seed).to(dist.device)
+            inputs = self.pool_batch(phase, seed) if pooled else (fresh,)
+            loss = model(*inputs)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{phase.name} iteration {it}: loss is {loss.item()}; "
+                                         f"{nonfinite_cause(self.task, inputs[0])}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            done, window = it + 1, window + [loss.item()]
+            self.samples += tcfg.batch_size
+            self.step_seconds += time.perf_counter() - step_start
+            self.budget = None if self.budget is None else self.budget - 1
+            if done % tcfg.log_every == 0 or done == phase.iterations:
+                self.log(phase, bar, window, time.perf_counter() - log_tick)
+                log_tick, window = time.perf_counter(), []
+            if done % tcfg.checkpoint_every == 0 or done == phase.iterations or self.budget == 0:
+                tick = self.checkpoint(opt, sched, p_idx, done, tick)
+            if self.budget == 0:
+                bar.close()
+                raise Paused
+        bar.close()
+
+    def uses_pool(self, phase: Phase) -> bool:
+        """The pool serves the initializer and the progressive stages; joint phases unroll on fresh samples."""
+        return self.cfg.train.pool > 0 and (phase.name == "init" or phase.stage is not None)
+
+    def pool_batch(self, phase: Phase, seed: int) -> tuple[Batch, tuple[Tensor, Tensor] | None]:
+        """A minibatch of the pool (indices from this iteration's seed, so a resumed run draws the same ones)."""
+        pool = self.pool
+        idx = torch.randint(len(pool), (self.per_rank,), generator=torch.Generator().manual_seed(seed))
+        states = None if phase.stage is None else (pool.x[idx.to(pool.x.device)], pool.y_t[idx.to(pool.x.device)])
+        if self.cfg.train.augment:
+            return self.task.augment(pool.batch.index(idx), states, torch.Generator().manual_seed(seed + 1))
+        return pool.batch.index(idx), states
+
+    def log(self, phase: Phase, bar, window: list[float], seconds: float) -> None:
+        """Loss (mean over ranks and the last log_every iterations), validation distance and samples per second."""
+        loss = self.dist.mean(sum(window) / len(window))
+        self.losses.setdefault(phase.name, []).append(round(loss, 6))
+        if self.dist.is_main:
+            rate = len(window) * self.cfg.train.batch_size / max(seconds, 1e-9)
+            bar.set_postfix(loss=f"{loss:.4g}", val=f"{validate(self.solver, self.val):.4g}", samples_s=f"{rate:.0f}")
+            self.solver.train()
+
+    def checkpoint(self, opt, sched, p_idx: int, done: int, tick: float) -> float:
+        """Rank 0 writes the state atomically; the next (phase, iteration) is what a resumed run starts from."""
+        now = time.perf_counter()
+        self.elapsed += now - tick
+        if self.dist.is_main:
+            nxt = (p_idx, done) if done < self.plan[p_idx].iterations else (p_idx + 1, 0)
+            save_state(self.state_path, {
+                "task": self.task.name, "config": state_config(self.cfg), "model": self.solver.state_dict(),
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "phase": nxt[0], "iteration": nxt[1],
+                "seconds": self.elapsed, "samples": self.samples, "step_seconds": self.step_seconds,
+                "losses": self.losses, "world_size": self.dist.world_size,
+            })
+        return time.perf_counter()
 
 
 class Paused(Exception):
@@ -227,45 +385,19 @@ def train(task: Task, cfg: DictConfig, out: str | os.PathLike, resume: bool = Fa
     solver = build_solver(task, cfg).to(dist.device)
     # restarts and symmetry averaging are inference settings: stage inputs and validation are the plain solver's
     solver.restarts, solver.symmetric = no_restarts(), False
-    run = Run(task, cfg, dist, phases(cfg), out.with_name(out.name + ".state.pt"), None, progress and dist.is_main)
-    lock = StateLock(run.state_path)
+    trainer = Trainer(task, cfg, dist, solver, phases(cfg), out.with_name(out.name + ".state.pt"), None,
+                      progress and dist.is_main)
+    lock = StateLock(trainer.state_path)
 
     def choose() -> dict | None:
         lock.acquire()
-        return read_state(run, resume)
+        return trainer.read_state(resume)
 
     try:
         state = dist.decide(choose)
-        return train_locked(run, solver, out, state)
+        return trainer.fit(out, state)
     finally:
         lock.release()
-
-
-def train_locked(run: Run, solver: FeedbackSolver, out: Path, state: dict | None) -> Path:
-    """The run itself, once every rank holds the same resume state (or none)."""
-    task, cfg, dist = run.task, run.cfg, run.dist
-    fitted = init_from(solver, task, str(cfg.train.init_from), dist.is_main,
-                       load=state is None) if cfg.train.init_from else []
-    run.kept = fine_tuned_stages(solver, fitted)
-    start_phase, start_it = restore(run, solver, state)
-    dist.agree("the resume point and the weights", (start_phase, start_it, distributed.digest(solver)))
-    if dist.is_main:
-        run.val = task.sample(cfg.train.val_samples, "val", cfg.seed).to(dist.device)
-        if run.progress:
-            print(describe_plan(run.plan, start_phase, start_it))
-    if cfg.train.stop_after > 0:
-        run.budget = int(cfg.train.stop_after)
-    try:
-        for p_idx in range(start_phase, len(run.plan)):
-            first = start_it if p_idx == start_phase else 0
-            run_phase(run, solver, p_idx, first, state if p_idx == start_phase else None)
-            dist.barrier()  # every rank finishes stage t before stage t+1 starts
-    except Paused:
-        if dist.is_main:
-            print(f"train.stop_after={cfg.train.stop_after} reached; continue with --resume ({run.state_path})")
-        return run.state_path
-    finish(run, solver, out)
-    return out
 
 
 def describe_plan(plan: list[Phase], phase: int, iteration: int) -> str:
@@ -309,27 +441,6 @@ class StateLock:
             self.lock = None
 
 
-def read_state(run: Run, resume: bool) -> dict | None:
-    """Rank 0's choice: the state to continue (--resume), or None for a fresh run; refused when inconsistent."""
-    path = run.state_path
-    if not resume:
-        if path.exists():
-            raise ValueError(f"{path}: a training state of an interrupted run exists; continue it with --resume, "
-                             "or delete it to start afresh")
-        return None
-    if not path.exists():
-        raise ValueError(f"--resume: no training state at {path}; nothing to continue (drop --resume to start afresh)")
-    state = load_state(path)
-    if state.get("task") != run.task.name or state.get("config") != state_config(run.cfg):
-        raise ValueError(f"{path} was written by another task or config; remove it or drop --resume")
-    ranks = state.get("world_size", 1)
-    if ranks != run.dist.world_size:
-        raise ValueError(f"{path} was written by a {ranks}-rank run and this one has {run.dist.world_size}; resume "
-                         f"it with {ranks} rank(s) (torchrun --nproc_per_node={ranks}): ranks draw their own data, "
-                         "so another world size would continue neither run")
-    return state
-
-
 def init_from(solver: FeedbackSolver, task: Task, path: str, verbose: bool, load: bool = True) -> list[str]:
     """Fine-tune start: another checkpoint's tensors that fit this model (e.g. a variant with more inputs).
 
@@ -361,84 +472,6 @@ def check_batch(cfg: DictConfig, dist: Dist) -> None:
                          f"{dist.world_size}; each rank draws batch_size / world_size samples per iteration")
 
 
-def restore(run: Run, solver: FeedbackSolver, state: dict | None) -> tuple[int, int]:
-    """Put the agreed resume state into the solver and the run's clocks; (phase, iteration) to start from."""
-    if state is None:
-        return 0, 0
-    solver.load_state_dict(state["model"])
-    run.elapsed, run.samples = state["seconds"], state.get("samples", 0)
-    run.step_seconds = state.get("step_seconds", 0.0)
-    run.losses = state.get("losses", {})
-    return state["phase"], state["iteration"]
-
-
-def finish(run: Run, solver: FeedbackSolver, out: Path) -> None:
-    """Rank 0 writes the model (with every rank's weight digest, which must agree) and drops the training state."""
-    digests = run.dist.gather(distributed.digest(solver))
-    if len(set(digests)) != 1:
-        raise RuntimeError(f"ranks ended with different weights ({digests}); DDP replicas diverged")
-    solver.requires_grad_(True)
-    if run.dist.is_main:
-        meta = {"phases": [p.name for p in run.plan], "train_seconds": round(run.elapsed, 1),
-                "val_distance": validate(solver, run.val), "world_size": run.dist.world_size,
-                "threads_per_rank": torch.get_num_threads(),
-                "samples_per_second": round(run.samples / max(run.step_seconds, 1e-9), 1),
-                "loss": run.losses, "rank_digests": digests}
-        save_model(out, solver, run.task.name, run.cfg, meta)
-        run.state_path.unlink(missing_ok=True)
-    run.dist.barrier()
-
-
-def run_phase(run: Run, solver: FeedbackSolver, p_idx: int, first: int, state: dict | None) -> None:
-    """Optimise one phase from iteration `first`, checkpointing atomically every train.checkpoint_every."""
-    phase, tcfg, dist = run.plan[p_idx], run.cfg.train, run.dist
-    if first == 0 and tcfg.warm_start and phase.stage not in run.kept:
-        warm_start(solver, phase)
-    params = phase_parameters(solver, phase)
-    opt, sched = make_optimiser(params, run.cfg, phase.iterations)
-    if state is not None and first > 0:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-    freeze_except(solver, params)
-    model = distributed.wrap(PhaseLoss(solver, phase, tcfg.supervision), dist)
-    bar = progress_bar(range(first, phase.iterations), run.progress, desc=f"{run.task.name} {phase.name}",
-               initial=first, total=phase.iterations, mininterval=2.0)
-    solver.train()
-    tick = log_tick = time.perf_counter()
-    window: list[float] = []
-    pooled = uses_pool(run, phase)
-    if pooled:
-        run.pool = run.pool or make_pool(run)
-        if phase.stage is not None:
-            advance(solver, run.pool, phase.stage, tcfg.batch_size)
-    for it in bar:
-        step_start = time.perf_counter()
-        seed = data_seed(run.cfg.seed, p_idx, it, dist.rank, dist.world_size)
-        fresh = None if pooled else run.task.sample(run.per_rank, "train", seed).to(dist.device)
-        inputs = pool_batch(run, phase, seed) if pooled else (fresh,)
-        loss = model(*inputs)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{phase.name} iteration {it}: loss is {loss.item()}; "
-                                     f"{nonfinite_cause(run.task, inputs[0])}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        done, window = it + 1, window + [loss.item()]
-        run.samples += tcfg.batch_size
-        run.step_seconds += time.perf_counter() - step_start
-        run.budget = None if run.budget is None else run.budget - 1
-        if done % tcfg.log_every == 0 or done == phase.iterations:
-            log(run, solver, phase, bar, window, time.perf_counter() - log_tick)
-            log_tick, window = time.perf_counter(), []
-        if done % tcfg.checkpoint_every == 0 or done == phase.iterations or run.budget == 0:
-            tick = checkpoint(run, solver, opt, sched, p_idx, done, tick)
-        if run.budget == 0:
-            bar.close()
-            raise Paused
-    bar.close()
-
-
 @torch.no_grad()
 def nonfinite_cause(task: Task, batch: Batch) -> str:
     """Why a loss is not finite: the task's data or forward model when they are, else the optimiser's step."""
@@ -458,41 +491,3 @@ def warm_start(solver: FeedbackSolver, phase: Phase) -> None:
         solver.stages.net(phase.stage).load_state_dict(solver.stages.net(phase.stage - 1).state_dict())
 
 
-def uses_pool(run: Run, phase: Phase) -> bool:
-    """The pool serves the initializer and the progressive stages; joint phases unroll on fresh samples."""
-    return run.cfg.train.pool > 0 and (phase.name == "init" or phase.stage is not None)
-
-
-def pool_batch(run: Run, phase: Phase, seed: int) -> tuple[Batch, tuple[Tensor, Tensor] | None]:
-    """A minibatch of the pool (indices from this iteration's seed, so a resumed run draws the same ones)."""
-    pool = run.pool
-    idx = torch.randint(len(pool), (run.per_rank,), generator=torch.Generator().manual_seed(seed))
-    states = None if phase.stage is None else (pool.x[idx.to(pool.x.device)], pool.y_t[idx.to(pool.x.device)])
-    if run.cfg.train.augment:
-        return run.task.augment(pool.batch.index(idx), states, torch.Generator().manual_seed(seed + 1))
-    return pool.batch.index(idx), states
-
-
-def log(run: Run, solver: FeedbackSolver, phase: Phase, bar, window: list[float], seconds: float) -> None:
-    """Loss (mean over ranks and the last log_every iterations), validation distance and samples per second."""
-    loss = run.dist.mean(sum(window) / len(window))
-    run.losses.setdefault(phase.name, []).append(round(loss, 6))
-    if run.dist.is_main:
-        rate = len(window) * run.cfg.train.batch_size / max(seconds, 1e-9)
-        bar.set_postfix(loss=f"{loss:.4g}", val=f"{validate(solver, run.val):.4g}", samples_s=f"{rate:.0f}")
-        solver.train()
-
-
-def checkpoint(run: Run, solver: FeedbackSolver, opt, sched, p_idx: int, done: int, tick: float) -> float:
-    """Rank 0 writes the state atomically; the next (phase, iteration) is what a resumed run starts from."""
-    now = time.perf_counter()
-    run.elapsed += now - tick
-    if run.dist.is_main:
-        nxt = (p_idx, done) if done < run.plan[p_idx].iterations else (p_idx + 1, 0)
-        save_state(run.state_path, {
-            "task": run.task.name, "config": state_config(run.cfg), "model": solver.state_dict(),
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "phase": nxt[0], "iteration": nxt[1],
-            "seconds": run.elapsed, "samples": run.samples, "step_seconds": run.step_seconds, "losses": run.losses,
-            "world_size": run.dist.world_size,
-        })
-    return time.perf_counter()

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from feedback_solver.feedback import shaped_like, width
+from feedback_solver.settings import Mode
 
 
 class MLP(nn.Sequential):
@@ -105,12 +106,12 @@ def pixel_coordinates(images: Tensor) -> Tensor:
 class Stages(nn.Module):
     """The update nets of the T steps: one shared net, or one per step (steps past T reuse the last)."""
 
-    def __init__(self, make: Callable[[], nn.Module], steps: int, mode: str = "stagewise"):
+    def __init__(self, make: Callable[[], nn.Module], steps: int, mode: Mode | str = Mode.stagewise):
         super().__init__()
-        if mode not in ("shared", "stagewise"):
-            raise ValueError(f"solver.mode must be 'shared' or 'stagewise', got {mode!r}")
-        self.mode = mode
-        self.nets = nn.ModuleList([make() for _ in range(1 if mode == "shared" else max(steps, 1))])
+        if mode not in list(Mode):  # a checkpoint's config holds the plain string
+            raise ValueError(f"solver.mode must be one of {', '.join(Mode)}, got {mode!r}")
+        self.mode = Mode(mode)
+        self.nets = nn.ModuleList([make() for _ in range(1 if self.mode == Mode.shared else max(steps, 1))])
 
     def net(self, t: int) -> nn.Module:
         return self.nets[min(t, len(self.nets) - 1)]

@@ -64,8 +64,8 @@ def test_override_without_equals_is_refused(toy_cls):
 @pytest.mark.parametrize("overrides,variant,pattern", [
     (["solver.mode=foo"], None, r"solver\.mode.*'foo'"),
     (["solver.init=random"], None, r"solver\.init.*'random'"),
-    (["solver.steps=-1"], None, r"solver\.steps must be an integer >= 0"),
-    (["solver.steps=abc"], None, r"solver\.steps must be an integer >= 0, got 'abc'"),
+    (["solver.steps=-1"], None, r"solver\.steps must be >= 0, got -1"),
+    (["solver.steps=abc"], None, r"solver\.steps must be an integer, got 'abc'"),
     (["solver.steps=2.5"], None, r"solver\.steps must be an integer"),
     (["feedback.inputs=[bogus]"], None, r"feedback\.inputs: unknown \['bogus'\]"),
     (["feedback.inputs=[y,residuals]"], None, r"feedback\.inputs: unknown \['residuals'\]"),

@@ -92,7 +92,6 @@ def test_the_task_base_asks_for_few_hooks_and_the_toy_plugin_writes_only_what_it
 
 def test_bench_methods_are_data_not_core_words():
     from fbs_toy.task import ToyTask
-    from omegaconf import OmegaConf
 
     from feedback_solver.bench import Learned, learned
     from feedback_solver.config import load_config
@@ -104,7 +103,7 @@ def test_bench_methods_are_data_not_core_words():
     assert learned("feedback_shared_no_restarts_no_symmetry", cfg) == Learned("feedback_shared",
                                                                               ("restarts", "symmetry"))
     assert learned("feedback_no_gravity", cfg) is None and learned("adam", cfg) is None
-    own = OmegaConf.merge(cfg, {"bench": {"learned": {"initializer": {"checkpoint": "feedback", "steps": 0}}}})
+    own = load_config(ToyTask, ["bench.learned.initializer.checkpoint=feedback", "bench.learned.initializer.steps=0"])
     assert learned("initializer", own) == Learned("feedback", (), 0)
 
 
@@ -114,5 +113,24 @@ def test_a_learned_method_entry_is_checked_when_the_config_loads():
     from feedback_solver.config import load_config
 
     assert load_config(ToyTask, ["bench.learned.short.checkpoint=feedback", "bench.learned.short.steps=1"])
-    with pytest.raises(ValueError, match=r"bench.learned.short: give checkpoint"):
+    with pytest.raises(ValueError, match=r"bench.learned.short: give its checkpoint"):
         load_config(ToyTask, ["bench.learned.short.steps=1"])
+    with pytest.raises(KeyError, match=r"unknown config key 'bench.learned.short.stop'"):
+        load_config(ToyTask, ["bench.learned.short.checkpoint=feedback", "bench.learned.short.stop=1"])
+    with pytest.raises(ValueError, match=r"bench.learned.short.steps must be an integer, got 'all'"):
+        load_config(ToyTask, ["bench.learned.short.checkpoint=feedback", "bench.learned.short.steps=all"])
+
+
+def test_settings_are_typed_once_when_loaded():
+    from fbs_toy.task import ToyTask
+
+    from feedback_solver.config import load_config
+    from feedback_solver.settings import Mode, Schedule
+
+    cfg = load_config(ToyTask, ["solver.mode=shared", "solver.steps=1", "train.lr=1e-2"])
+    assert cfg.solver.mode is Mode.shared and cfg.train.schedule is Schedule.progressive
+    assert isinstance(cfg.train.lr, float) and cfg.solver.mode == "shared"
+    with pytest.raises(ValueError, match=r"^train.batch_size must be an integer, got 'many'$"):
+        load_config(ToyTask, ["train.batch_size=many"])
+    with pytest.raises(ValueError, match=r"^solver.damping.enabled must be true or false, got 'often'$"):
+        load_config(ToyTask, ["solver.damping.enabled=often"])

@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 import torch
 
+from feedback_solver.acceptance import AlwaysAccept, LMDamping, Restarts, strategies
 from feedback_solver.feedback import Feedback, energy_gradient
 from feedback_solver.solver import build_solver
 
@@ -194,7 +195,7 @@ def test_restarts_keep_each_samples_lowest_energy_run(restart_task, toy_cfg, dam
     batch = restart_task.sample(24, "test", 0)
     once = plain.solve(batch.y, batch.ctx)
     threshold = float(once.trace.energies()[:, -1].median())
-    plain.restarts = toy_cfg("solver.restarts.starts=3", f"solver.restarts.energy_above={threshold}").solver.restarts
+    plain.restarts = Restarts(3, threshold)
     res = plain.solve(batch.y, batch.ctx)
     tr, e0, e = res.trace, once.trace.energies(), res.trace.energies()
     assert torch.equal(tr.resolved, e0[:, -1] > threshold) and tr.resolved.any()
@@ -214,7 +215,7 @@ def test_restarts_off_or_above_every_energy_change_nothing(restart_task, toy_cfg
     batch = restart_task.sample(8, "test", 0)
     once = solver.solve(batch.y, batch.ctx)
     assert once.trace.resolved is None
-    solver.restarts = toy_cfg("solver.restarts.starts=2", "solver.restarts.energy_above=1e9").solver.restarts
+    solver.restarts = Restarts(2, 1e9)
     res = solver.solve(batch.y, batch.ctx)
     assert not res.trace.resolved.any() and torch.equal(res.x, once.x)
 
@@ -226,7 +227,7 @@ def test_restarts_need_the_tasks_starts(toy_task, toy_cfg):
         solver.solve(batch.y, batch.ctx)
 
 
-@pytest.mark.parametrize("override, message", [("solver.restarts.starts=-1", "starts must be an integer"),
+@pytest.mark.parametrize("override, message", [("solver.restarts.starts=-1", "starts must be >= 0"),
                                                ("solver.restarts.energy_above=-0.5", "energy_above must be")])
 def test_bad_restart_settings_are_refused(toy_cfg, override, message):
     with pytest.raises(ValueError, match=message):
@@ -283,4 +284,13 @@ def test_symmetries_need_the_tasks_symmetries_and_a_bool(toy_task, toy_cfg):
     with pytest.raises(ValueError, match="defines no symmetries"):
         build_solver(toy_task, toy_cfg("solver.symmetries=true"))
     with pytest.raises(ValueError, match="solver.symmetries must be true or false"):
-        toy_cfg("solver.symmetries=3")
+        toy_cfg("solver.symmetries=maybe")
+
+
+def test_strategies_are_built_from_the_solver_settings_in_one_place(toy_cfg):
+    acceptance, restarts = strategies(toy_cfg("solver.restarts.starts=3", "solver.restarts.energy_above=0.5").solver)
+    assert isinstance(acceptance, LMDamping) and restarts == Restarts(3, 0.5)
+    assert (acceptance.max_halvings, acceptance.factor) == (4, 0.5)
+    acceptance, restarts = strategies(toy_cfg("solver.damping.enabled=false").solver)
+    assert isinstance(acceptance, AlwaysAccept) and restarts == Restarts() and not restarts.starts
+    assert restarts.chosen(torch.tensor([0.0, 1.0, -1.0])).tolist() == [1]

@@ -394,7 +394,7 @@ def test_pooled_training_learns_calls_the_forward_model_less_and_resumes_exactly
 
 
 def test_pool_must_be_a_non_negative_integer(toy_cfg):
-    with pytest.raises(ValueError, match="train.pool must be an integer >= 0"):
+    with pytest.raises(ValueError, match="train.pool must be >= 0"):
         toy_cfg("train.pool=-5")
 
 

@@ -29,8 +29,8 @@ class IKTask(Task):
         super().__init__(cfg)
         self.train_clip = load_bvh(cfg.task.train_bvh)
         self.test_bvh = str(cfg.task.test_bvh)
-        self.frames: slice | None = None
-        self.frames_default = False  # `frames` is solve's default, not the user's --frames
+        self.frames = parse_frames(str(cfg.task.frames))
+        self.frames_default = bool(cfg.task.clamp_frames)  # `frames` is solve's default, not the user's --frames
         rot = self.train_clip.rotations[1:]
         spread = roma.rotmat_geodesic_distance(rot, rot[:1]).amax(0)
         self.active = (spread > 1e-4).nonzero().squeeze(1)
@@ -186,17 +186,11 @@ class IKTask(Task):
         options.add_cli_options(parser, command)
 
     def from_cli(self, args: argparse.Namespace, command: str) -> list[Task]:
-        if getattr(args, "bvh", None):
-            self.test_bvh = args.bvh
-        self.frames_default = not getattr(args, "frames", None) and command == "solve"
-        frames = getattr(args, "frames", None) or ("1:11" if command == "solve" else None)
-        if frames:
-            try:
-                a, b = (int(v) for v in frames.split(":"))
-            except ValueError as err:
-                raise ValueError(f"--frames must look like A:B (e.g. 1:100), got {frames!r}") from err
-            self.frames = slice(a, b)
-        return [self]
+        keys: dict[str, Any] = {"test_bvh": args.bvh} if getattr(args, "bvh", None) else {}
+        frames = getattr(args, "frames", None)
+        if frames or command == "solve":  # solve's default: frames 1:11, cut to a shorter clip
+            keys.update(frames=frames or "1:11", clamp_frames=not frames)
+        return [self.setting(**keys)] if keys else [self]
 
     def load_observation(self, args: argparse.Namespace) -> Batch:
         clip = self.load_clip(self.test_bvh)
@@ -217,3 +211,14 @@ class IKTask(Task):
         print(f"angle error median {float(m['angle_deg'].median()):.3f} deg, "
               f"position error median {float(m['position_cm'].median()):.3f} cm (against the clip's own rotations)")
         return [bvh, out / "ik_solution.json"]
+
+
+def parse_frames(frames: str) -> slice | None:
+    """--frames A:B (task.frames) as a slice; empty: None (frames evenly spaced over the clip)."""
+    if not frames:
+        return None
+    try:
+        a, b = (int(v) for v in frames.split(":"))
+    except ValueError:
+        raise ValueError(f"--frames must look like A:B (e.g. 1:100), got {frames!r}") from None
+    return slice(a, b)
