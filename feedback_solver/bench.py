@@ -225,6 +225,9 @@ def run_bench(task: Task, cfg: DictConfig, out: str | os.PathLike, methods: list
     result: dict[str, Any] = {"task": task.name, "report": task.report_name, "split": split,
                               "data": f"{data}; {len(batch)} samples", "seed": seed, "command": command,
                               "ranks": dist.world_size, "primary_metric": metric, "methods": {}}
+    gap = task.forward_gap(batch)
+    if gap:
+        result["forward_gap"] = gap
     previous = earlier_report(out, result) if merge else None
     sub: dict[str, Any] = {"samples": len(subset), "note": f"the first {len(subset)} {split} samples: slow baselines "
                            "and `feedback` on the same samples, so time ratios compare like with like", "methods": {}}

@@ -16,13 +16,16 @@ from feedback_solver.spaces import Space
 
 
 def index_ctx(ctx: dict[str, Any], idx: Tensor, batch_size: int) -> dict[str, Any]:
-    """Select samples of per-sample context entries so damping and sharding can work on subsets."""
+    """Select samples of per-sample context entries so damping and sharding can work on subsets; an entry with a
+    `subset(idx)` method (a task's batched context, such as a scene's geometry buffers) selects its own."""
     out: dict[str, Any] = {}
     for key, value in ctx.items():
         if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch_size:
             out[key] = value[idx]
         elif isinstance(value, list) and len(value) == batch_size:
             out[key] = [value[i] for i in idx.tolist()]
+        elif callable(getattr(value, "subset", None)):
+            out[key] = value.subset(idx)
         else:
             out[key] = value
     return out
@@ -156,6 +159,11 @@ class Evaluation(ABC):
 
     def groups(self, batch: Batch) -> list[str] | None:
         """Each sample's group (e.g. its object) for the report's per-group table, or None for no such table."""
+        return None
+
+    def forward_gap(self, batch: Batch) -> str | None:
+        """One line on how far the forward model is from the program that made the observations, at the true x
+        (None: the observations are the forward model's own)."""
         return None
 
 

@@ -289,6 +289,8 @@ def _header_lines(result: Mapping[str, Any]) -> list[str]:
         lines.append(f"- Ranks: {result['ranks']} (torchrun); seconds per sample are summed over ranks")
     if result.get("primary_metric"):
         lines.append(f"- Primary metric: {result['primary_metric']}")
+    if result.get("forward_gap"):
+        lines.append(f"- Forward model against the data: {result['forward_gap']}")
     return lines + [""]
 
 
@@ -402,6 +404,7 @@ def write_report(result: dict, out_dir: str | os.PathLike) -> dict[str, pathlib.
         {"task": str, "report": str (optional), "data": str, "seed": int, "command": str (optional),
          "ranks": int (optional),
          "primary_metric": str,
+         "forward_gap": str (optional: the forward model against the program that made the data),
          "methods": {NAME: {"metrics": {METRIC: {"mean", "median", "std"}},
                             "outlier_rate": fraction | None, "steps": float,
                             "seconds_per_sample": float,

@@ -50,22 +50,27 @@ class FlatInitializer(nn.Module):
 
 
 class ImageUpdate(nn.Module):
-    """The update of an image task: a net on the observation-shaped feedback stacked as channels, seeing x where
-    `feedback.inputs` holds it. `make(images, with_x)` builds the net for that many stacked observations."""
+    """The update of an image task: a net on the observation-shaped feedback stacked as channels, seeing the
+    vector-shaped inputs (x, the gradient) appended after its encoder, each times its `scales` entry (a gradient of a
+    per-pixel mean is small). `make(channels, vector)` builds the net for that many stacked observations and that
+    many vector features (`sizes`: each shape's width, see feedback.width)."""
 
-    def __init__(self, inputs: list[str], make: Callable[[int, bool], nn.Module], task: str):
+    def __init__(self, inputs: list[str], make: Callable[[int, int], nn.Module], sizes: dict[str, int],
+                 scales: dict[str, float] | None = None):
         super().__init__()
         self.images = shaped_like(inputs, "observation")
-        if shaped_like(inputs, "tangent"):
-            raise ValueError(f"{task}: the forward model is not differentiable; feedback.inputs cannot hold gradient")
-        self.net = make(len(self.images), "x" in inputs)
+        self.vectors = [k for k in inputs if k not in self.images]
+        self.scales = {k: float(v) for k, v in (scales or {}).items() if k in self.vectors and float(v) != 1.0}
+        self.net = make(len(self.images), width(self.vectors, sizes))
 
     @property
     def aux(self) -> dict[str, Tensor]:
         return getattr(self.net, "aux", {})
 
     def forward(self, fb: dict[str, Tensor], h: Any = None) -> tuple[Tensor, Any]:
-        return self.net(torch.cat([fb[k] for k in self.images], 1), fb.get("x")), h
+        vectors = [fb[k].flatten(1) * self.scales.get(k, 1.0) for k in self.vectors]
+        vector = torch.cat(vectors, 1) if vectors else None
+        return self.net(torch.cat([fb[k] for k in self.images], 1), vector), h
 
 
 class ConvGRUCell(nn.Module):

@@ -61,7 +61,7 @@ def solve_one(task: Any, y: Tensor, name: str, rotation: Tensor, x0: Tensor, cfg
     centre = np.array([0.0, 0.0, -float(task.camera.distance)])
     rot = roma.unitquat_to_rotmat(rotation.double().cpu())[0].numpy()
     params["obj.vertex_positions"] = mi.Float((verts @ rot.T + centre).astype(np.float32).ravel())
-    target = mi.TensorXf(y[0].permute(1, 2, 0).cpu().numpy().astype(np.float32))
+    target = mi.TensorXf(y[0].expand(3, -1, -1).permute(1, 2, 0).cpu().numpy().astype(np.float32))
     opt = mi.ad.Adam(lr=float(m.lr[kind]))  # per light kind: positions move units, directions fractions
     opt["x"] = mi.Vector3f(*(float(v) for v in x0[0]))
 

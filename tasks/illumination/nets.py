@@ -23,9 +23,10 @@ def block(a: int, b: int, stride: int) -> nn.Sequential:
 
 
 class EncoderDecoder(nn.Module):
-    """Images (B x C x H x W) -> a 3-vector (light update), plus `aux["depth"]` (B x 1 x H' x W') while training."""
+    """Images (B x C x H x W) and `extra` features (the light, its energy gradient) -> a 3-vector (light update), plus
+    `aux["depth"]` (B x 1 x H' x W') while training."""
 
-    def __init__(self, channels: int, with_light: bool, size: int, model: DictConfig):
+    def __init__(self, channels: int, extra: int, size: int, model: DictConfig):
         super().__init__()
         levels = [int(c) for c in model.channels]
         self.shrink, self.coords = int(model.downsample), bool(model.coords)
@@ -33,15 +34,15 @@ class EncoderDecoder(nn.Module):
         dims = [channels + 2 * self.coords] + levels
         self.down = nn.ModuleList(block(a, b, 2) for a, b in zip(dims[:-1], dims[1:]))
         side = size // self.shrink // 2 ** len(levels)
-        self.with_light = with_light
-        self.head = MLP(levels[-1] * side * side + (3 if with_light else 0), int(model.hidden), 3, int(model.layers))
+        self.extra = extra
+        self.head = MLP(levels[-1] * side * side + extra, int(model.hidden), 3, int(model.layers))
         if self.depth_head:  # up path: upsample, concatenate the skip of the same size, two 3x3 convs
             ups = list(zip(levels[::-1][:-1], levels[::-1][1:]))
             self.up = nn.ModuleList(block(a + b, b, 1) for a, b in ups)
             self.depth = nn.Conv2d(levels[0], 1, 3, padding=1)
         self.aux: dict[str, Tensor] = {}
 
-    def forward(self, images: Tensor, light: Tensor | None = None) -> Tensor:
+    def forward(self, images: Tensor, vector: Tensor | None = None) -> Tensor:
         if self.shrink > 1:
             images = nn.functional.avg_pool2d(images, self.shrink)
         if self.coords:
@@ -53,8 +54,8 @@ class EncoderDecoder(nn.Module):
             skips.append(f)
         self.aux = self.decode(skips) if self.training and self.depth_head else {}
         code = f.flatten(1)
-        if self.with_light:
-            code = torch.cat([code, light], 1)
+        if self.extra:
+            code = torch.cat([code, vector], 1)
         return self.head(code)
 
     def decode(self, skips: list[Tensor]) -> dict[str, Tensor]:
@@ -67,8 +68,10 @@ class EncoderDecoder(nn.Module):
 
 
 def light_update(inputs: list[str], size: int, model: DictConfig) -> ImageUpdate:
-    """Residual feedback (y, y_t, y - y_t as RGB channels) and the current light -> the light's update."""
-    return ImageUpdate(inputs, lambda images, with_x: EncoderDecoder(3 * images, with_x, size, model), "illumination")
+    """Residual feedback (y, y_t, y - y_t, grey images stacked as channels) and the current light -> the light's
+    update."""
+    make = lambda images, extra: EncoderDecoder(images, extra, size, model)  # noqa: E731
+    return ImageUpdate(inputs, make, {"state": 3, "tangent": 3}, {"gradient": model.get("gradient_scale", 1.0)})
 
 
 class LightInitializer(nn.Module):
@@ -77,7 +80,7 @@ class LightInitializer(nn.Module):
     def __init__(self, size: int, model: DictConfig, space):
         super().__init__()
         self.space = space
-        self.net = EncoderDecoder(3, False, size, model)
+        self.net = EncoderDecoder(1, 0, size, model)
 
     @property
     def aux(self) -> dict[str, Tensor]:

@@ -3,10 +3,15 @@
 x is the light relative to the object's centre in camera axes (x right, y up, z towards the camera): a point light's
 position at a radius in [r_min, r_max], or the unit direction towards a directional light; both on the camera-side
 half-space z >= 0. The mesh and its rotation are known (ctx); the material is grey and diffuse.
+
+Two programs: observations are pyrender's renders (`render`); the solver's forward model relights the scene's
+geometry buffer, rasterised once per sample into ctx["scene"] (`feedback_solver.render.relight`), in batched,
+differentiable torch whose cost does not grow with the mesh.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 from functools import partial
@@ -22,7 +27,9 @@ from torch import Tensor, nn
 
 from feedback_solver.images import opaque_rgb, open_image
 from feedback_solver.problem import Batch, Task
-from feedback_solver.render.objects import ObjectScenes, user_mesh
+from feedback_solver.render import relight
+from feedback_solver.render.gl import object_to_camera
+from feedback_solver.render.objects import ObjectScenes, mesh, user_mesh
 from feedback_solver.render.shaded import KINDS, Lighting, ShadedRenderer, shaded_renderer
 from feedback_solver.spaces import Shell
 from tasks.illumination import mitsuba, options
@@ -30,13 +37,13 @@ from tasks.illumination.nets import LightInitializer, light_update
 
 SPLIT_OFFSETS = {"train": 0, "val": 5_555_555, "test": 9_999_991}
 BACKGROUND_DEPTH = 1.5  # depth-head target off the object (object depths are within +-1 of its centre)
+SHADOW_POINTS = 16_384  # surface points per mesh that cast the relit directional shadows
 
 
 class IlluminationTask(ObjectScenes, Task):
     """One light of a known kind lighting a known mesh; `settings()` gives the point and the directional task."""
 
     name = "illumination"
-    differentiable = False
     mitsuba = staticmethod(mitsuba.optimise)
     cli_options = staticmethod(options.add_cli_options)
 
@@ -45,12 +52,23 @@ class IlluminationTask(ObjectScenes, Task):
         t = cfg.task
         if str(t.light) not in KINDS:
             raise ValueError(f"task.light must be one of {KINDS}, got {t.light!r}")
+        if self.forward_model not in ("relit", "pyrender"):
+            raise ValueError(f"task.forward.{self.light} must be relit or pyrender, got {self.forward_model!r}")
 
     # --- settings ------------------------------------------------------------------------------
     @property
     def light(self) -> str:
         """The light kind, read from the config (the one place it is kept; --light writes it there)."""
         return str(self.cfg.task.light)
+
+    @property
+    def forward_model(self) -> str:
+        """relit (the geometry buffer relit in torch) or pyrender (every call a render), per light kind."""
+        return str(self.cfg.task.forward[self.light])
+
+    @property
+    def differentiable(self) -> bool:
+        return self.forward_model == "relit"
 
     @property
     def report_name(self) -> str:
@@ -92,10 +110,37 @@ class IlluminationTask(ObjectScenes, Task):
         params = torch.cat([x.detach().cpu().double(), ctx["rotation"].detach().cpu().double()], 1)
         return self.render_objects(partial(shaded_renderer, self.camera, self.lighting), ctx["mesh"], params, method)
 
-    def forward(self, x: Tensor, ctx: dict[str, Any]) -> Tensor:
-        """RGB images (B x 3 x S x S in [0, 1]) of each sample's mesh, at its rotation, under its light."""
+    def render(self, x: Tensor, ctx: dict[str, Any]) -> Tensor:
+        """pyrender's images of each sample's mesh, at its rotation, under its light: the observations, grey
+        (B x 1 x S x S in [0, 1], 8 bits; its three channels are equal, a grey material under a white light)."""
         self.check_light(x)
-        return ShadedRenderer.decode(self._render(x, ctx, "render_array")).to(x.device)
+        return ShadedRenderer.decode(self._render(x, ctx, "render_array")).to(x.device).mean(1, keepdim=True)
+
+    def forward(self, x: Tensor, ctx: dict[str, Any]) -> Tensor:
+        """The relit images of the samples' geometry buffers (ctx["scene"], made here when a batch has none), or
+        pyrender's renders under task.forward=pyrender."""
+        if self.forward_model == "pyrender":
+            return self.render(x, ctx)
+        self.check_light(x)
+        if "scene" not in ctx:
+            ctx["scene"] = self.scene(ctx)
+        lt, centre = self.lighting, torch.tensor([0.0, 0.0, -self.camera.distance])
+        return relight.relight(ctx["scene"], x, self.light, centre, lt.intensity, lt.albedo, lt.shadows)
+
+    def scene(self, ctx: dict[str, Any]) -> relight.Batched:
+        """The samples' geometry buffers (and shadow casters for directional lights), rasterised once."""
+        poses = torch.cat([ctx["rotation"].detach().cpu().double(), torch.zeros(len(ctx["mesh"]), 3).double()], 1)
+        mats = object_to_camera(poses, self.camera.distance)
+        shadows = self.light == "directional" and self.lighting.shadows
+        out = []
+        for name, pose in zip(ctx["mesh"], mats):
+            casters = surface_points(name) if shadows else None
+            buf = relight.GBuffer.of(mesh(name), pose, self.camera.focal, self.camera.size, casters)
+            if not len(buf):
+                raise ValueError(f"mesh {name}: no pixel of the {self.camera.size}x{self.camera.size} image sees it "
+                                 "at this rotation (it leaves the frame or shows only back faces)")
+            out.append(buf)
+        return relight.batched(out)
 
     def depth(self, ctx: dict[str, Any]) -> Tensor:
         """The depth head's target: depth relative to the object's centre, BACKGROUND_DEPTH off the object."""
@@ -122,7 +167,9 @@ class IlluminationTask(ObjectScenes, Task):
         if not self.cfg.task.random_rotation:
             rot = torch.tensor([[0.0, 0.0, 0.0, 1.0]]).expand(n, 4).clone()
         ctx: dict[str, Any] = {"mesh": names, "rotation": rot}
-        y = self.forward(x, ctx)
+        y = self.render(x, ctx)
+        if self.forward_model == "relit":
+            ctx["scene"] = self.scene(ctx)
         if split != "test":  # the depth head's target (training only)
             ctx["depth"] = self.depth(ctx)
         return Batch(y, x, ctx)
@@ -157,6 +204,16 @@ class IlluminationTask(ObjectScenes, Task):
         """light_mse: mean over the three coordinates of the squared error of the position (or direction)."""
         return {"light_mse": (x_pred - x_true).pow(2).mean(1)}
 
+    def forward_gap(self, batch: Batch) -> str | None:
+        """The relit images against pyrender's, both under the true lights."""
+        if batch.x is None or self.forward_model == "pyrender":
+            return None
+        with torch.no_grad():
+            diff = (self.forward(batch.x, batch.ctx) - batch.y).abs().flatten(1).mean(1) * 255
+        mean, median, worst = (float(v) for v in (diff.mean(), diff.median(), diff.max()))
+        return (f"the relit images under the true lights differ from pyrender's by {mean:.2f}/255 (mean absolute, "
+                f"per pixel; per sample median {median:.2f}, max {worst:.2f})")
+
     def is_outlier(self, metrics: dict[str, Tensor]) -> Tensor:
         return metrics["light_mse"] > float(self.cfg.task.outlier_mse[self.light])
 
@@ -186,7 +243,10 @@ class IlluminationTask(ObjectScenes, Task):
     def load_observation(self, args: argparse.Namespace) -> Batch:
         name = user_mesh(args.mesh)
         rot = torch.tensor([[0.0, 0.0, 0.0, 1.0]])
-        return Batch(read_image(args.image, self.camera.size), None, {"mesh": [name], "rotation": rot})
+        ctx = {"mesh": [name], "rotation": rot}
+        if self.forward_model == "relit":
+            ctx["scene"] = self.scene(ctx)
+        return Batch(read_image(args.image, self.camera.size), None, ctx)
 
     def write_solution(self, x: Tensor, batch: Batch, args: argparse.Namespace) -> list[Path]:
         out = Path(args.out)
@@ -198,13 +258,13 @@ class IlluminationTask(ObjectScenes, Task):
                 "camera": vars(self.camera) | {"looks_along": "-z, y up"}}
         (out / "light.json").write_text(json.dumps(info, indent=2) + "\n")
         render = self.forward(x[:1], batch.ctx)[0]
-        side = torch.cat([batch.y[0], render], 2).permute(1, 2, 0).numpy()
+        side = torch.cat([batch.y[0], render], 2).expand(3, -1, -1).permute(1, 2, 0).numpy()
         Image.fromarray((side * 255).round().astype(np.uint8)).save(out / "input_vs_render.png")
         return [out / "light.json", out / "input_vs_render.png"]
 
 
 def read_image(path: str | Path, size: int) -> Tensor:
-    """An RGB image of the trained size as a (1, 3, S, S) tensor in [0, 1]."""
+    """An image of the trained size as a grey (1, 1, S, S) tensor in [0, 1] (the model is grey: channels averaged)."""
     path = Path(path)
     img = open_image(path, "image")
     if img.size != (size, size):
@@ -212,4 +272,10 @@ def read_image(path: str | Path, size: int) -> Tensor:
     arr = np.asarray(opaque_rgb(img, path, "image"), dtype=np.float32) / 255.0
     if arr.max() == 0:
         raise ValueError(f"image {path} is black: nothing is lit")
-    return torch.from_numpy(arr).permute(2, 0, 1)[None]
+    return torch.from_numpy(arr).mean(2)[None, None]
+
+
+@functools.cache
+def surface_points(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A mesh's shadow casters, drawn once per process."""
+    return relight.surface(mesh(name), SHADOW_POINTS)

@@ -11,9 +11,10 @@ from feedback_solver.update import MLP, ImageUpdate, conv_encoder, pixel_coordin
 
 
 class PoseCNN(nn.Module):
-    """Images (B x C x H x W) -> a 6-vector (rotation vector, translation), optionally seeing the pose x (7)."""
+    """Images (B x C x H x W) -> a 6-vector (rotation vector, translation), optionally seeing `extra` features (the
+    pose x: 7)."""
 
-    def __init__(self, channels: int, with_pose: bool, size: int, model: DictConfig):
+    def __init__(self, channels: int, extra: int, size: int, model: DictConfig):
         super().__init__()
         levels = tuple(int(c) for c in model.channels)
         self.coords = bool(model.coords)
@@ -22,8 +23,8 @@ class PoseCNN(nn.Module):
         self.encoder = conv_encoder(channels + 2 * self.coords, levels, int(model.kernel)).to(
             memory_format=torch.channels_last)
         side = size // self.shrink // 2 ** len(levels)
-        self.with_pose = with_pose
-        self.head = MLP(levels[-1] * side * side + (7 if with_pose else 0), int(model.hidden), 6, int(model.layers))
+        self.extra = extra
+        self.head = MLP(levels[-1] * side * side + extra, int(model.hidden), 6, int(model.layers))
 
     def forward(self, images: Tensor, x: Tensor | None = None) -> Tensor:
         if self.shrink > 1:  # area averaging keeps sub-pixel edge positions as grey levels
@@ -31,14 +32,14 @@ class PoseCNN(nn.Module):
         if self.coords:
             images = torch.cat([images, pixel_coordinates(images)], 1)
         f = self.encoder(images).flatten(1)
-        if self.with_pose:
+        if self.extra:
             f = torch.cat([f, x], 1)
         return self.head(f)
 
 
 def pose_update(inputs: list[str], size: int, model: DictConfig) -> ImageUpdate:
     """Residual feedback (y, y_t, y - y_t as image channels) -> tangent update of the pose."""
-    return ImageUpdate(inputs, lambda images, with_x: PoseCNN(images, with_x, size, model), "pose")
+    return ImageUpdate(inputs, lambda images, extra: PoseCNN(images, extra, size, model), {"state": 7, "tangent": 6})
 
 
 class PoseInitializer(nn.Module):
@@ -47,7 +48,7 @@ class PoseInitializer(nn.Module):
     def __init__(self, size: int, model: DictConfig, space):
         super().__init__()
         self.space = space
-        self.net = PoseCNN(1, False, size, model)
+        self.net = PoseCNN(1, 0, size, model)
 
     def forward(self, y: Tensor, ctx: dict[str, Any], x0: Tensor) -> Tensor:
         return self.space.retract(x0, self.net(y))

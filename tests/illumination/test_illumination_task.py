@@ -72,7 +72,7 @@ def test_the_object_split_is_the_pose_tasks(task):
 
 def test_samples_are_deterministic_lit_and_carry_the_depth_target(task):
     a, b = task.sample(8, "val", 3), task.sample(8, "val", 3)
-    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and a.y.shape == (8, 3, 128, 128)
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and a.y.shape == (8, 1, 128, 128)
     assert (a.y.flatten(1).max(1).values > 0.1).all(), "every sample shows a lit object"
     depth = a.ctx["depth"]
     on = depth < 1.5
@@ -83,7 +83,7 @@ def test_samples_are_deterministic_lit_and_carry_the_depth_target(task):
 def test_render_workers_give_the_in_process_images_in_order(task):
     batch = task.sample(12, "test", 1)
     single = make(task.light, "task.render_workers=0")
-    assert torch.equal(single.forward(batch.x, batch.ctx), batch.y)
+    assert torch.equal(single.render(batch.x, batch.ctx), batch.y)
 
 
 @settings(max_examples=60, deadline=None)
@@ -217,7 +217,7 @@ def test_cli_solve_writes_the_light_and_the_side_by_side_render(tmp_path, sphere
     truth = torch.nn.functional.normalize(torch.tensor([[0.5, 0.4, 0.77]]), dim=1)
     y = task.forward(truth, {"mesh": [sphere], "rotation": torch.tensor([[0.0, 0.0, 0.0, 1.0]])})
     img = tmp_path / "photo.png"
-    Image.fromarray((y[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(img)
+    Image.fromarray((y[0].expand(3, -1, -1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(img)
     proc = fbsolve("solve", "illumination", "--light", "directional", "--mesh", sphere, "--image", str(img),
                    "--out", str(tmp_path / "o"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
