@@ -1,9 +1,9 @@
 """What a step of an illumination solve costs, on the test objects and on 100x denser copies of them:
 `python benchmarks/render_floor.py`.
 
-Timed in one run, per light kind, on the first N test samples (seed 0): the solver's forward model (the relit
-geometry buffer, `feedback_solver.render.relight`) per call and sample, pyrender's render per sample (the observation
-program, the forward model before it), the geometry buffer's one-off cost per sample, and the Mitsuba optimiser's
+Timed in one run, per light kind, on the first N test samples (seed 0): the relit forward model (the geometry
+buffer, `feedback_solver.render.relight`; timed whatever task.forward chooses) per call and sample, pyrender's render
+per sample (the observation program), the geometry buffer's one-off cost per sample, and the Mitsuba optimiser's
 time per iteration and sample. Then the same samples with each mesh subdivided until it has at least 100x its faces:
 the relit call must cost about the same (its cost follows the image, not the mesh), pyrender's render does not.
 Writes DIR/render_floor.{json,md}.
@@ -47,7 +47,7 @@ def dense_copies(names: list[str], folder: Path) -> dict[str, str]:
     out = {}
     for name in dict.fromkeys(names):
         m = mesh(name)
-        dense = m.copy()
+        dense = trimesh.Trimesh(m.vertices, m.faces, process=False)  # geometry only: subdivide drops the rest
         while len(dense.faces) < DENSER * len(m.faces):
             dense = dense.subdivide()
         path = folder / f"{len(out)}_{Path(name).stem}.obj"
@@ -77,7 +77,7 @@ def mitsuba_per_iteration(task, batch) -> float:
 
 def measure(light: str, samples: int, seed: int, passes: int) -> dict:
     cls = registry.task_class("illumination")
-    task = cls(load_config(cls, [f"task.light={light}", "task.render_workers=1"]))
+    task = cls(load_config(cls, [f"task.light={light}", "task.render_workers=1", f"task.forward.{light}=relit"]))
     batch = task.sample(samples, "test", seed)
     small = costs(task, batch.index(slice(0, samples)), passes)
     with tempfile.TemporaryDirectory() as tmp:

@@ -197,7 +197,7 @@ class IlluminationTask(ObjectScenes, Task):
                  else "directional lights" + (" with shadows" if t.shadows else ""))
         rot = "random object rotations" if t.random_rotation else "canonical object pose"
         return (f"{len(self.names(split))} {split} objects ({where}); {light} on the camera-side half-sphere; "
-                f"{rot}; {t.size}x{t.size} RGB")
+                f"{rot}; {t.size}x{t.size} grey images")
 
     # --- evaluation ----------------------------------------------------------------------------
     def metrics(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any]) -> dict[str, Tensor]:

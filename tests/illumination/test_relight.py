@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from feedback_solver.render.mesh import normalise
 #: mean absolute difference from pyrender's render under the true light, in 8-bit levels (the issue's bars)
 BARS = {"point": 2.0, "directional": 4.0}
 CANONICAL = torch.tensor([[0.0, 0.0, 0.0, 1.0]])
+REPO_CKPT = Path(__file__).resolve().parents[2] / "tasks" / "illumination" / "checkpoints"
 
 
 def make(light: str, *overrides: str):
@@ -115,3 +117,17 @@ def test_pyrender_stays_a_forward_model_to_choose():
     batch = task.sample(2, "test", 0)
     assert not task.differentiable and "scene" not in batch.ctx
     assert torch.equal(task.forward(batch.x, batch.ctx), batch.y)
+
+
+def test_the_shipped_gradient_feedback_solver_beats_regression():
+    path = REPO_CKPT / "point" / "feedback_gradient.safetensors"
+    assert path.is_file(), f"shipped checkpoint {path} is missing"
+    from feedback_solver.solver import FeedbackSolver
+
+    task = make("point")
+    batch = task.sample(24, "test", 0)
+    fb = FeedbackSolver.from_checkpoint(task, "feedback_gradient").solve(batch.y, batch.ctx)
+    reg = FeedbackSolver.from_checkpoint(task, "regression").init(batch.y, batch.ctx)
+    m_fb, m_reg = task.metrics(fb.x, batch.x, {})["light_mse"], task.metrics(reg, batch.x, {})["light_mse"]
+    assert m_fb.median() < 1e-3 and m_fb.mean() < m_reg.mean() and m_fb.median() < m_reg.median()
+    assert (fb.trace.energies().diff(dim=1) <= 0).all()
