@@ -165,15 +165,15 @@ class Batched:
         if self.surface.dtype == x.dtype and self.surface.device == x.device:
             return self
         cast = {k: getattr(self, k).to(x) for k in ("weight", "surface", "nv", "np_", "r")}
-        occ = None if self.occluders is None else Occluders(self.occluders.points.to(x), self.occluders.normals.to(x))
+        o = self.occluders
+        occ = None if o is None else Occluders(o.points.to(x), o.normals.to(x), o.resolution, o.bias)
         return Batched(self.pixel.to(x.device), size=self.size, occluders=occ, **cast)
 
     def subset(self, idx: Tensor) -> "Batched":
         """Some samples (a damping trial's, a restart's, a chunk's): problem.index_ctx calls it."""
         idx = idx.to(self.pixel.device)
         occ = self.occluders
-        occ = None if occ is None else Occluders(occ.points[idx], occ.normals[idx], occ.resolution, occ.bias,
-                                                 occ.footprint)
+        occ = None if occ is None else Occluders(occ.points[idx], occ.normals[idx], occ.resolution, occ.bias)
         return Batched(self.pixel[idx], self.weight[idx], self.surface[idx], self.nv[idx], self.np_[idx],
                        self.r[idx], self.size, occ)
 
@@ -235,7 +235,6 @@ class Occluders:
     normals: Tensor
     resolution: int = 128  # depth-map side over the unit bounding sphere: about 1.3 texels a camera pixel
     bias: tuple[float, float] = (0.02, 1.5)  # constant, and per texel times tan(angle to the light)
-    footprint: int = 2  # texels a point covers along each axis (2: the four around it, so no holes between points)
 
     @torch.no_grad()
     def shadow(self, frags: Batched, light: Tensor, centre: Tensor) -> Tensor:
@@ -247,11 +246,11 @@ class Occluders:
         cast = self.points @ axes  # (B, N, 3): u, v, depth
         facing = (self.normals @ w[:, :, None])[..., 0] > 0  # pyrender's shadow pass culls faces turned away
         depth = torch.where(facing, cast[..., 2], torch.full_like(cast[..., 2], math.inf))
-        fp = self.footprint
-        grid = ((cast[..., :2] + ext) / texel - (0.5 if fp == 2 else 0.0)).floor().long().clamp_(0, r - fp)
+        # each point covers the 2 x 2 texels around it, so that no holes open between points
+        grid = ((cast[..., :2] + ext) / texel - 0.5).floor().long().clamp_(0, r - 2)
         base = grid[..., 1] * r + grid[..., 0]  # the splat's first texel; the unit sphere leaves a margin
         dmap = torch.full((len(w), r * r), math.inf, dtype=w.dtype, device=w.device)
-        for step in ((0, 1, r, r + 1) if fp == 2 else (0,)):
+        for step in (0, 1, r, r + 1):
             dmap.scatter_reduce_(1, base + step, depth, "amin")
         at = (frags.position.detach().to(w) - centre.to(w)) @ axes  # (B, F, 3)
         cos = (frags.normal.detach().to(w) @ w[:, :, None])[..., 0]
