@@ -26,8 +26,8 @@ from feedback_solver.solver import FeedbackSolver
 
 #: the optimisers every task has; a task's `optimisers()` adds its own (a differentiable renderer, say)
 SLOW = ("adam", "lbfgs", "hybrid")
-#: inference switches an ablation `<method>_no_<switch>` turns off (solver.damping, .restarts, .symmetries)
-SWITCHES = ("damping", "restarts", "symmetry")
+#: inference switches an ablation `<method>_no_<switch>` turns off (solver.damping, .restarts, .symmetries, .polish)
+SWITCHES = ("damping", "restarts", "symmetry", "polish")
 
 
 @dataclass(frozen=True)

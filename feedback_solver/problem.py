@@ -113,6 +113,11 @@ class Problem(ABC):
         """Per-sample data term; mean squared residual unless the task says otherwise."""
         return (y_pred - y_obs).flatten(1).pow(2).mean(1)
 
+    def polish_residual(self, x: Tensor, ctx: dict[str, Any], y_obs: Tensor) -> Tensor:
+        """The residual whose mean square `solver.polish` minimises (see feedback_solver.polish): by default the
+        forward model's prediction minus the observation, so that its mean square is the default energy."""
+        return self.forward(x, ctx) - y_obs
+
     def energy_parts(self, y_pred: Tensor, y_obs: Tensor) -> Tensor:
         """Per-sample energy split into parts (B x N, e.g. one per input image) for the "gradients" feedback."""
         return self.energy(y_pred, y_obs)[:, None]

@@ -55,6 +55,9 @@ class DampingSettings:
     enabled: bool = True
     max_halvings: int = 4
     factor: float = 0.5
+    # the first in_turn scales one call each, the rest in one call (the same answer; an inference setting for a
+    # forward model whose cost is per call, see acceptance.LMDamping); null: every scale in turn
+    in_turn: Optional[int] = None
 
 
 @dataclass
@@ -64,6 +67,17 @@ class RestartSettings:
 
     starts: int = 0
     energy_above: float = 0.0
+    triage: int = 0  # > 0: every start runs this many steps; each sample's lowest-energy one alone goes on
+
+
+@dataclass
+class PolishSettings:
+    """Gauss-Newton (Levenberg-Marquardt) iterations after the learned steps and restarts (feedback_solver.polish);
+    an inference setting: it applies to any checkpoint."""
+
+    steps: int = 0
+    delta: float = 1e-3
+    mu: float = 1e-3
 
 
 @dataclass
@@ -73,6 +87,7 @@ class SolverSettings:
     init: Init = Init.constant
     damping: DampingSettings = field(default_factory=DampingSettings)
     restarts: RestartSettings = field(default_factory=RestartSettings)
+    polish: PolishSettings = field(default_factory=PolishSettings)
     # true: at inference each step is the mean of the update net's steps on the feedback under each of the task's
     # symmetries (Task.symmetries), mapped back; an inference setting like restarts
     symmetries: bool = False
@@ -175,4 +190,5 @@ class Config:
 #: settings that must be >= 0 (omegaconf checks their type, not their range)
 NON_NEGATIVE = ("solver.steps", "solver.restarts.starts", "solver.restarts.energy_above", "train.pool",
                 "train.stop_after", "train.iterations", "train.init_iterations", "train.finetune_iterations",
-                "bench.curve_steps", "baselines.max_iterations", "solver.damping.max_halvings")
+                "bench.curve_steps", "baselines.max_iterations", "solver.damping.max_halvings", "solver.polish.steps",
+                "solver.restarts.triage")

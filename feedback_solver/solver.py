@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from feedback_solver.acceptance import Acceptance, Restarts, strategies
 from feedback_solver.checkpoints import load_weights, read_model
 from feedback_solver.feedback import Feedback
+from feedback_solver.polish import Polish
 from feedback_solver.problem import Batch, Task, index_ctx
 from feedback_solver.progress import bar
 from feedback_solver.update import Stages
@@ -35,6 +36,8 @@ class Trace:
     forward_seconds: list[float] = field(default_factory=list)
     update_seconds: list[float] = field(default_factory=list)
     init_seconds: float = 0.0
+    polish_seconds: float = 0.0  # solver.polish, after the steps and restarts (its forward calls)
+    carry: tuple[Any, Tensor | None] = (None, None)  # the run's last recurrent state and prediction, to continue it
     resolved: Tensor | None = None  # solver.restarts: samples solved again from other starts ...
     restarted: Tensor | None = None  # ... and those whose answer came from one of them
 
@@ -60,11 +63,11 @@ class SolveResult:
     @property
     def seconds(self) -> float:
         t = self.trace
-        return t.init_seconds + sum(t.forward_seconds) + sum(t.update_seconds)
+        return t.init_seconds + sum(t.forward_seconds) + sum(t.update_seconds) + t.polish_seconds
 
     @property
     def forward_seconds(self) -> float:
-        return sum(self.trace.forward_seconds)
+        return sum(self.trace.forward_seconds) + self.trace.polish_seconds
 
 
 class FeedbackSolver(nn.Module):
@@ -80,9 +83,11 @@ class FeedbackSolver(nn.Module):
         initializer: nn.Module | None = None,
         restarts: Restarts | None = None,
         symmetric: bool = False,
+        polish: Polish | None = None,
     ):
         super().__init__()
         self.restarts = restarts if restarts is not None else no_restarts()
+        self.polish = polish if polish is not None else Polish()
         self.symmetric = symmetric
         self.task, self.stages, self.initializer = task, stages, initializer
         self.feedback, self.acceptance, self.steps = feedback, acceptance, steps
@@ -93,8 +98,9 @@ class FeedbackSolver(nn.Module):
         """A shipped (or given) checkpoint's solver, rebuilt on the CPU from the config stored inside it.
 
         The checkpoint-versus-running-config rule: what the solver learned with (model, feedback, steps, mode,
-        damping) comes from the checkpoint; how to run it (restarts, symmetry averaging) from the
-        running config. `off` names the inference switches an ablation turns off ("damping", "restarts", "symmetry").
+        damping) comes from the checkpoint; how to run it (restarts, symmetry averaging, polish, damping.in_turn) from the
+        running config. `off` names the inference switches an ablation turns off ("damping", "restarts", "symmetry",
+        "polish").
         """
         path = Path(path) if path else (folder or task.checkpoint_dir) / f"{variant}.safetensors"
         tensors, cfg, _ = read_model(path, task.name)
@@ -102,10 +108,14 @@ class FeedbackSolver(nn.Module):
         running = task.cfg.solver
         cfg.solver.restarts = OmegaConf.to_container(running.restarts, resolve=True) if "restarts" in running else {}
         cfg.solver.symmetries = bool(running.get("symmetries", False)) and "symmetry" not in off
+        cfg.solver.damping.in_turn = running.damping.get("in_turn") if "damping" in running else None
         if "damping" in off:
             cfg.solver.damping.enabled = False
         if "restarts" in off:
             cfg.solver.restarts.starts = 0
+        cfg.solver.polish = OmegaConf.to_container(running.polish, resolve=True) if "polish" in running else {}
+        if "polish" in off:
+            cfg.solver.polish.steps = 0
         solver = build_solver(task.for_checkpoint(cfg), cfg)
         load_weights(solver, tensors, str(path))
         return solver.eval()
@@ -155,14 +165,18 @@ class FeedbackSolver(nn.Module):
         trace.init_seconds = init_seconds
         if self.restarts.starts and steps:
             self.restart(trace, y, ctx, steps)
+        if self.polish.steps and steps:  # an initializer alone (steps = 0) stays the regression it is
+            self.polish_answer(trace, y, ctx)
         self.train(was_training)
         return SolveResult(trace.x[-1], trace, steps)
 
-    def run(self, x: Tensor, y: Tensor, ctx: dict[str, Any], steps: int, progress: bool = False) -> Trace:
-        """The feedback loop from x; the trace ends with the final state and its energy."""
+    def run(self, x: Tensor, y: Tensor, ctx: dict[str, Any], steps: int, progress: bool = False, first: int = 0,
+            carry: tuple[Any, Tensor | None] = (None, None)) -> Trace:
+        """The feedback loop from x, steps `first`..steps-1 (a later `first` continues a run from its `carry`: the
+        update nets' recurrent state and the last prediction); the trace ends with the final state and its energy."""
         trace = Trace()
-        h, y_t = None, None
-        for t in bar(range(steps), progress, desc="solve", leave=False):
+        h, y_t = carry
+        for t in bar(range(first, steps), progress, desc="solve", leave=False):
             start = time.perf_counter()
             dx, h, fb = self.propose(t, x, y, ctx, h, y_t)
             update_s = time.perf_counter() - start - fb.seconds
@@ -182,7 +196,31 @@ class FeedbackSolver(nn.Module):
             y_t = self.task.forward(x, ctx)
         trace.energy.append(self.task.energy(y_t, y))
         trace.forward_seconds.append(time.perf_counter() - start)
+        trace.carry = (h, y_t)
         return trace
+
+    def restart_runs(self, sub: Batch, steps: int) -> tuple[Trace, int]:
+        """The restarts' runs of a batch and how many each sample has: one per start, or with `restarts.triage`
+        the lowest-energy start after that many steps, continued alone (1)."""
+        k, n = self.restarts.starts, len(sub)
+        x0 = self.task.space.project(self.task.restart_starts(sub, k).flatten(0, 1))
+        rep = torch.arange(n, device=sub.y.device).repeat(k)
+        many = index_ctx(sub.ctx, rep, n)
+        triage = self.restarts.triage
+        if not 0 < triage < steps or k == 1:
+            return self.run(x0, sub.y[rep], many, steps), k
+        head = self.run(x0, sub.y[rep], many, triage)
+        rows = head.energy[-1].view(k, n).argmin(0) * n + torch.arange(n, device=sub.y.device)
+        tail = self.run(head.x[-1][rows], sub.y, sub.ctx, steps, first=triage, carry=select(head.carry, rows))
+        out = Trace()
+        out.x = [v[rows] for v in head.x[:-1]] + tail.x
+        out.energy = [v[rows] for v in head.energy[:-1]] + tail.energy
+        out.lam = [v[rows] for v in head.lam] + tail.lam
+        out.nonfinite = [v[rows] for v in head.nonfinite] + tail.nonfinite
+        out.forward_seconds = head.forward_seconds[:-1] + [head.forward_seconds[-1] + tail.forward_seconds[0]] + \
+            tail.forward_seconds[1:]
+        out.update_seconds = head.update_seconds + tail.update_seconds
+        return out, 1
 
     def restart(self, trace: Trace, y: Tensor, ctx: dict[str, Any], steps: int) -> None:
         """Solve the samples left above `energy_above` again from the task's other starts; keep each one's best run.
@@ -196,11 +234,8 @@ class FeedbackSolver(nn.Module):
         trace.resolved[redo] = True
         if not len(redo):
             return
-        k, n = self.restarts.starts, len(redo)
-        sub = Batch(y[redo], None, index_ctx(ctx, redo, len(y)))
-        x0 = self.task.space.project(self.task.restart_starts(sub, k).flatten(0, 1))
-        rep = torch.arange(n, device=y.device).repeat(k)
-        again = self.run(x0, sub.y[rep], index_ctx(sub.ctx, rep, n), steps)
+        n = len(redo)
+        again, k = self.restart_runs(Batch(y[redo], None, index_ctx(ctx, redo, len(y))), steps)
         energies = torch.cat([trace.energy[-1][redo][None], again.energy[-1].view(k, n)])  # (1 + k, n)
         best = energies.argmin(0)
         won = (best > 0).nonzero().flatten()
@@ -217,6 +252,15 @@ class FeedbackSolver(nn.Module):
         trace.update_seconds = [a + b for a, b in zip(trace.update_seconds, again.update_seconds)]
         trace.restarted[dst] = True
 
+    def polish_answer(self, trace: Trace, y: Tensor, ctx: dict[str, Any]) -> None:
+        """solver.polish: Gauss-Newton steps from the final state; the trace's last state and energy become the
+        polished ones (its energy is the task's, which the polish's residual need not be)."""
+        x, seconds = self.polish(self.task, trace.x[-1], y, ctx)
+        start = time.perf_counter()
+        energy = self.task.energy(self.task.forward(x, ctx), y)
+        trace.polish_seconds = seconds + time.perf_counter() - start
+        trace.x, trace.energy = trace.x[:-1] + [x], trace.energy[:-1] + [energy]
+
     def unroll(self, batch: Batch, steps: int) -> list[Tensor]:
         """Differentiable unrolled states x_0..x_T for training (full steps, no damping, feedback detached)."""
         x = self.init(batch.y, batch.ctx)
@@ -226,6 +270,15 @@ class FeedbackSolver(nn.Module):
             x = self.task.space.retract(x, dx)
             states.append(x)
         return states
+
+
+def select(state: Any, rows: Tensor) -> Any:
+    """Rows of a run's carry: tensors indexed, lists and tuples of them (one per symmetry) item by item."""
+    if isinstance(state, Tensor):
+        return state[rows]
+    if isinstance(state, (list, tuple)):
+        return type(state)(select(s, rows) for s in state)
+    return state
 
 
 def check_observation(y: Tensor) -> None:
@@ -250,7 +303,8 @@ def build_solver(task: "Task", cfg: DictConfig) -> FeedbackSolver:
     initializer = task.make_initializer(cfg.model) if scfg.init == "learned" else None
     if scfg.init == "learned" and initializer is None:
         raise ValueError(f"solver.init=learned but task {task.name!r} has no learned initializer")
+    polish = Polish(**(OmegaConf.to_container(scfg.polish, resolve=True) if scfg.get("polish") else {}))
     symmetric = bool(scfg.get("symmetries", False))
     if symmetric and not task.symmetries():
         raise ValueError(f"solver.symmetries=true but task {task.name!r} defines no symmetries")
-    return FeedbackSolver(task, stages, feedback, acceptance, scfg.steps, initializer, restarts, symmetric)
+    return FeedbackSolver(task, stages, feedback, acceptance, scfg.steps, initializer, restarts, symmetric, polish)

@@ -133,3 +133,38 @@ def test_always_accept_takes_full_steps_even_uphill(toy_task):
 def test_damping_refuses_bad_settings(halvings, factor):
     with pytest.raises(ValueError, match="max_halvings"):
         LMDamping(halvings, factor)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 24), in_turn=st.sampled_from([1, 2, 3]),
+       nan_rows=st.sets(st.integers(0, 23), max_size=4), nan_at=st.sampled_from([None, 1.0, 0.5, 0.25]))
+def test_halvings_tried_together_give_the_answer_of_trying_them_in_turn(toy_task, seed, n, in_turn, nan_rows, nan_at):
+    """Random steps, and a forward model that returns NaN for some samples at one step scale: the same states,
+    energies, scales and non-finite flags whether the scales are tried one call each or together."""
+    gen = torch.Generator().manual_seed(seed)
+    batch = toy_task.sample(n, "test", seed % 1000)
+    x = torch.rand(n, 4, generator=gen) * 2 - 1
+    dx = torch.randn(n, 4, generator=gen) * torch.rand(n, 1, generator=gen) * 3
+    y_t = toy_task.forward(x, {})
+    energy = toy_task.energy(y_t, batch.y)
+    bad = torch.tensor(sorted(r for r in nan_rows if r < n), dtype=torch.long)
+
+    class Flaky(type(toy_task)):
+        def forward(self, xs, ctx):
+            out = super().forward(xs, ctx)
+            if nan_at is not None and len(bad):  # rows of x + nan_at * dx, whichever sample they belong to
+                hit = ((xs[:, None] - toy_task.space.retract(x[bad], nan_at * dx[bad])[None]).abs().sum(2) < 1e-6)
+                out[hit.any(1)] = float("nan")
+            return out
+
+    task = Flaky(toy_task.cfg)
+    a = LMDamping(4, 0.5)(task, x, dx, batch.y, {}, energy, y_t)
+    b = LMDamping(4, 0.5, in_turn)(task, x, dx, batch.y, {}, energy, y_t)
+    for name in ("x", "energy", "lam", "nonfinite"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert torch.equal(a.y_t, b.y_t)
+
+
+def test_in_turn_must_try_the_full_step_alone():
+    with pytest.raises(ValueError, match="in_turn must be >= 1"):
+        LMDamping(4, 0.5, 0)

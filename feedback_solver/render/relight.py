@@ -133,11 +133,13 @@ def merge(samples: list[tuple[np.ndarray, np.ndarray]], normals: np.ndarray, foc
 @dataclass
 class Batched:
     """A batch's fragments padded to one length (B, F), so that every light-dependent term is a batched matrix
-    product, with what no light changes worked out once. Padding fragments have weight 0."""
+    product, with what no light changes worked out once. Padding fragments have weight 0. The geometry is stored
+    component-major, (B, 3, 2F): a (B, 1, 3) x (B, 3, 2F) product is 25x faster on the CPU than (B, 2F, 3) x
+    (B, 3, 1)."""
 
     pixel: Tensor  # (B, F) int64
     weight: Tensor  # (B, F)
-    surface: Tensor  # (B, 2F, 3): the normals, then the positions (camera axes)
+    surface: Tensor  # (B, 3, 2F): the normals, then the positions (camera axes)
     nv: Tensor  # (B, F) pyrender's clamped |n . v|, v the unit vector towards the camera
     np_: Tensor  # (B, F) n . p
     r: Tensor  # (B, F) |p|, the distance to the camera
@@ -154,11 +156,13 @@ class Batched:
 
     @property
     def position(self) -> Tensor:
-        return self.surface[:, self.frags:]
+        """(B, F, 3)"""
+        return self.surface[:, :, self.frags:].transpose(1, 2)
 
     @property
     def normal(self) -> Tensor:
-        return self.surface[:, :self.frags]
+        """(B, F, 3)"""
+        return self.surface[:, :, :self.frags].transpose(1, 2)
 
     def like(self, x: Tensor) -> "Batched":
         """On `x`'s device and in its dtype (float64 for a gradient check)."""
@@ -169,13 +173,17 @@ class Batched:
         occ = None if o is None else Occluders(o.points.to(x), o.normals.to(x), o.resolution, o.bias)
         return Batched(self.pixel.to(x.device), size=self.size, occluders=occ, **cast)
 
-    def subset(self, idx: Tensor) -> "Batched":
+    def subset(self, idx: Tensor | slice) -> "Batched":
         """Some samples (a damping trial's, a restart's, a chunk's): problem.index_ctx calls it."""
-        idx = idx.to(self.pixel.device)
+        idx = idx.to(self.pixel.device) if isinstance(idx, Tensor) else idx
         occ = self.occluders
         occ = None if occ is None else Occluders(occ.points[idx], occ.normals[idx], occ.resolution, occ.bias)
         return Batched(self.pixel[idx], self.weight[idx], self.surface[idx], self.nv[idx], self.np_[idx],
                        self.r[idx], self.size, occ)
+
+    def rows(self, part: slice) -> "Batched":
+        """A contiguous run of samples, as views (no copy)."""
+        return self.subset(part)
 
 
 def batched(buffers: list[GBuffer]) -> Batched:
@@ -188,10 +196,10 @@ def batched(buffers: list[GBuffer]) -> Batched:
     nv = ((normal * position).sum(-1) / r).abs().clamp(0.001, 1.0)
     occluders = None
     if all(b.points is not None for b in buffers):
-        stack = lambda name: torch.stack([getattr(b, name) for b in buffers]).float()  # noqa: E731
+        stack = lambda k: torch.stack([getattr(b, k) for b in buffers]).float().transpose(1, 2).contiguous()  # noqa: E731
         occluders = Occluders(stack("points"), stack("point_normals"))
-    return Batched(pixel, weight, torch.cat([normal, position], 1), nv, (normal * position).sum(-1), r,
-                   buffers[0].size, occluders)
+    surface = torch.cat([normal, position], 1).transpose(1, 2).contiguous()
+    return Batched(pixel, weight, surface, nv, (normal * position).sum(-1), r, buffers[0].size, occluders)
 
 
 def shade(nw: Tensor, vw: Tensor, nv: Tensor, radiance: Tensor, albedo: float) -> Tensor:
@@ -214,8 +222,10 @@ def nn_normalize(x: Tensor) -> Tensor:
 
 
 def encode(linear: Tensor) -> Tensor:
-    """pyrender's output: gamma 2.2, clamped to [0, 1] (finite gradient at 0, where a shadow leaves nothing)."""
-    return torch.where(linear > 0, linear.clamp_min(1e-12).pow(1 / GAMMA), torch.zeros_like(linear)).clamp(max=1.0)
+    """pyrender's output: gamma 2.2, clamped to [0, 1] (finite gradient at 0, where a shadow leaves nothing); as
+    exp(log(v) / 2.2), which is the same power at half pow's cost on the CPU."""
+    encoded = (linear.clamp_min(1e-12).log() * (1 / GAMMA)).exp()
+    return torch.where(linear > 0, encoded, torch.zeros_like(linear)).clamp(max=1.0)
 
 
 def image(frags: Batched, value: Tensor) -> Tensor:
@@ -229,7 +239,7 @@ def image(frags: Batched, value: Tensor) -> Tensor:
 @dataclass
 class Occluders:
     """Each sample's shadow casters: a fixed number of surface points with their normals, relative to the object's
-    centre in camera axes (B, N, 3); seen from a directional light they make its depth map."""
+    centre in camera axes, component-major (B, 3, N); seen from a directional light they make its depth map."""
 
     points: Tensor
     normals: Tensor
@@ -240,35 +250,36 @@ class Occluders:
     def shadow(self, frags: Batched, light: Tensor, centre: Tensor) -> Tensor:
         """Per fragment (B, F), the share of the light its depth-map texels block (0 lit, 1 in shadow)."""
         w = nn_normalize(light.detach().to(self.points))
-        axes = torch.stack([*frame(w), -w], 2)  # (B, 3, 3): columns e1, e2 and the depth away from the light
+        axes = torch.stack([*frame(w), -w], 1)  # (B, 3, 3): rows e1, e2 and the depth away from the light
         ext, r = 1.05, self.resolution
         texel = 2 * ext / r
-        cast = self.points @ axes  # (B, N, 3): u, v, depth
-        facing = (self.normals @ w[:, :, None])[..., 0] > 0  # pyrender's shadow pass culls faces turned away
-        depth = torch.where(facing, cast[..., 2], torch.full_like(cast[..., 2], math.inf))
+        cast = torch.bmm(axes, self.points)  # (B, 3, N): u, v, depth
+        facing = torch.bmm(w[:, None, :], self.normals)[:, 0] > 0  # pyrender's shadow pass culls faces turned away
+        depth = torch.where(facing, cast[:, 2], torch.full_like(cast[:, 2], math.inf))
         # each point covers the 2 x 2 texels around it, so that no holes open between points
-        grid = ((cast[..., :2] + ext) / texel - 0.5).floor().long().clamp_(0, r - 2)
-        base = grid[..., 1] * r + grid[..., 0]  # the splat's first texel; the unit sphere leaves a margin
+        grid = ((cast[:, :2] + ext) / texel - 0.5).floor().long().clamp_(0, r - 2)
+        base = grid[:, 1] * r + grid[:, 0]  # the splat's first texel; the unit sphere leaves a margin
         dmap = torch.full((len(w), r * r), math.inf, dtype=w.dtype, device=w.device)
         for step in (0, 1, r, r + 1):
             dmap.scatter_reduce_(1, base + step, depth, "amin")
-        at = (frags.position.detach().to(w) - centre.to(w)) @ axes  # (B, F, 3)
-        cos = (frags.normal.detach().to(w) @ w[:, :, None])[..., 0]
+        n_frags = frags.frags
+        surface = frags.surface.detach().to(w)
+        at = torch.bmm(axes, surface[:, :, n_frags:] - centre.to(w)[None, :, None])  # (B, 3, F)
+        cos = torch.bmm(w[:, None, :], surface[:, :, :n_frags])[:, 0]
         tan = ((1 - cos**2).clamp_min(0).sqrt() / cos.clamp_min(1e-3)).clamp(max=10.0)
         # a face turned from the light is not in the depth map (culled), so nothing of its own can shadow it
         bias = self.bias[0] + self.bias[1] * texel * torch.where(cos > 0, tan, torch.zeros_like(tan))
-        f = ((at[..., :2] + ext) / texel - 0.5).clamp_(0, r - 1.001)
+        f = ((at[:, :2] + ext) / texel - 0.5).clamp_(0, r - 1.001)
         j = f.floor()
         a = f - j
         j = j.long()
-        first = j[..., 1] * r + j[..., 0]
-        limit = at[..., 2] - bias
+        first = j[:, 1] * r + j[:, 0]
+        limit = at[:, 2] - bias
         blocked = [(torch.gather(dmap, 1, first + step) < limit).to(a.dtype) for step in (0, 1, r, r + 1)]
-        au, av = a[..., 0], a[..., 1]
+        au, av = a[:, 0], a[:, 1]
         top = blocked[0] + au * (blocked[1] - blocked[0])
         bottom = blocked[2] + au * (blocked[3] - blocked[2])
-        shade = top + av * (bottom - top)
-        return shade
+        return top + av * (bottom - top)
 
 
 def frame(w: Tensor) -> tuple[Tensor, Tensor]:
@@ -281,23 +292,37 @@ def frame(w: Tensor) -> tuple[Tensor, Tensor]:
     return e1, torch.cross(w, e1, dim=1)
 
 
+BLOCK = 24  # samples shaded at a time: the (block, F) temporaries stay in the CPU's cache (120 at once cost 2.3x)
+
+
 def relight(frags: Batched, light: Tensor, kind: str, centre: Tensor, intensity: float, albedo: float,
             shadows: bool = True) -> Tensor:
     """(B, 1, S, S) grey images under a point light at `centre` + light, or a directional light towards `light` (with
-    the batch's occluders' shadows when it has them and `shadows`)."""
+    the batch's occluders' shadows when it has them and `shadows`); shaded BLOCK samples at a time."""
+    if frags.count <= BLOCK:
+        return relight_block(frags, light, kind, centre, intensity, albedo, shadows)
+    parts = [relight_block(frags.rows(slice(i, i + BLOCK)), light[i:i + BLOCK], kind, centre, intensity, albedo,
+                           shadows) for i in range(0, frags.count, BLOCK)]
+    return torch.cat(parts)
+
+
+def relight_block(frags: Batched, light: Tensor, kind: str, centre: Tensor, intensity: float, albedo: float,
+                  shadows: bool) -> Tensor:
+    """`relight` of one block of samples."""
     fr = frags.like(light)
     n_frags = fr.frags
     if kind == "point":
         pos = centre.to(light) + light  # (B, 3)
-        dots = (fr.surface @ pos[:, :, None])[..., 0]  # (B, 2F): n . L, then p . L
+        dots = torch.bmm(pos[:, None, :], fr.surface)[:, 0]  # (B, 2F): n . L, then p . L
         nl_, pl = dots[:, :n_frags], dots[:, n_frags:]
-        dist2 = ((pos * pos).sum(1, keepdim=True) - 2 * pl + fr.r**2).clamp_min(1e-12)
-        dist = dist2.sqrt()
-        nw, vw = (nl_ - fr.np_) / dist, (fr.r**2 - pl) / (fr.r * dist)
-        radiance = intensity / dist2
+        r2 = fr.r * fr.r
+        dist2 = ((pos * pos).sum(1, keepdim=True) - 2 * pl + r2).clamp_min(1e-12)
+        inv = dist2.rsqrt()
+        nw, vw = (nl_ - fr.np_) * inv, (r2 - pl) * inv / fr.r
+        radiance = intensity * inv * inv
     else:
         w = nn_normalize(light)
-        dots = (fr.surface @ w[:, :, None])[..., 0]
+        dots = torch.bmm(w[:, None, :], fr.surface)[:, 0]
         nw, vw = dots[:, :n_frags], -dots[:, n_frags:] / fr.r
         radiance = torch.full_like(nw, intensity)
     value = shade(nw, vw, fr.nv, radiance, albedo)

@@ -56,12 +56,13 @@ class IlluminationTask(ObjectScenes, Task):
             raise ValueError(f"task.forward.{self.light} must be relit or pyrender, got {self.forward_model!r}")
 
     # --- settings ------------------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def light(self) -> str:
-        """The light kind, read from the config (the one place it is kept; --light writes it there)."""
+        """The light kind, read from the config (the one place it is kept; --light writes it there). Settings are
+        read once: a task's config does not change after it is built (`setting` builds a new task)."""
         return str(self.cfg.task.light)
 
-    @property
+    @functools.cached_property
     def forward_model(self) -> str:
         """relit (the geometry buffer relit in torch) or pyrender (every call a render), per light kind."""
         return str(self.cfg.task.forward[self.light])
@@ -84,14 +85,14 @@ class IlluminationTask(ObjectScenes, Task):
                              f"pass --light {cfg.task.light} or another checkpoint")
 
     # --- physics -----------------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def space(self) -> Shell:
         t = self.cfg.task
         if self.light == "point":
             return Shell(float(t.radius[0]), float(t.radius[1]), float(t.min_z))
         return Shell(1.0, 1.0, float(t.min_z))
 
-    @property
+    @functools.cached_property
     def lighting(self) -> Lighting:
         t = self.cfg.task
         return Lighting(self.light, float(t.intensity[self.light]), float(t.albedo), bool(t.shadows),
@@ -125,13 +126,39 @@ class IlluminationTask(ObjectScenes, Task):
         if "scene" not in ctx:
             ctx["scene"] = self.scene(ctx)
         lt, centre = self.lighting, torch.tensor([0.0, 0.0, -self.camera.distance])
-        return relight.relight(ctx["scene"], x, self.light, centre, lt.intensity, lt.albedo, lt.shadows)
+        return relight.relight(ctx["scene"], x, self.light, centre, lt.intensity, lt.albedo, self.relit_shadows)
+
+    @functools.cached_property
+    def relit_shadows(self) -> bool:
+        """Whether the relit directional model draws shadows (its depth map of surface points; task.relit_shadows)."""
+        return self.light == "directional" and self.lighting.shadows and bool(self.cfg.task.relit_shadows)
+
+    def energy(self, y_pred: Tensor, y_obs: Tensor) -> Tensor:
+        """Mean squared residual; for a relit directional model without shadows, the pixels darker in the
+        observation than in the model (its shadows and acne) weighted by task.dark_weight."""
+        r = y_obs - y_pred
+        if self.light == "point" or self.forward_model == "pyrender" or self.relit_shadows:
+            return r.flatten(1).pow(2).mean(1)
+        return (r.clamp(min=0).pow(2) + float(self.cfg.task.dark_weight) * r.clamp(max=0).pow(2)).flatten(1).mean(1)
+
+    def polish_residual(self, x: Tensor, ctx: dict[str, Any], y_obs: Tensor) -> Tensor:
+        """What solver.polish minimises: for directional lights the observation minus the relit image without
+        shadows, its negative part (a pixel darker than the unshadowed model: a shadow, or pyrender's shadow acne,
+        which no model of ours draws exactly) weighted by sqrt(task.dark_weight); point lights cast no shadows."""
+        if self.light == "point" or self.forward_model == "pyrender":
+            return self.forward(x, ctx) - y_obs
+        self.check_light(x)
+        if "scene" not in ctx:
+            ctx["scene"] = self.scene(ctx)
+        lt, centre = self.lighting, torch.tensor([0.0, 0.0, -self.camera.distance])
+        r = y_obs - relight.relight(ctx["scene"], x, self.light, centre, lt.intensity, lt.albedo, shadows=False)
+        return torch.where(r < 0, r * math.sqrt(float(self.cfg.task.dark_weight)), r)
 
     def scene(self, ctx: dict[str, Any]) -> relight.Batched:
         """The samples' geometry buffers (and shadow casters for directional lights), rasterised once."""
         poses = torch.cat([ctx["rotation"].detach().cpu().double(), torch.zeros(len(ctx["mesh"]), 3).double()], 1)
         mats = object_to_camera(poses, self.camera.distance)
-        shadows = self.light == "directional" and self.lighting.shadows
+        shadows = self.relit_shadows
         out = []
         for name, pose in zip(ctx["mesh"], mats):
             casters = surface_points(name) if shadows else None

@@ -188,7 +188,7 @@ def shipped(light: str) -> bool:
     return all((CKPT / light / f"{v}.safetensors").exists() for v in ("feedback", "regression"))
 
 
-FIGURES = {"point": {"median": 0.002, "mean": 0.06}, "directional": {"median": 0.001, "mean": 0.02}}
+FIGURES = {"point": {"median": 0.002, "mean": 0.06}, "directional": {"median": 1e-4, "mean": 0.01}}
 
 
 @pytest.mark.parametrize("light", ["point", "directional"])
@@ -200,14 +200,17 @@ def test_shipped_solver_beats_regression_and_damping_never_raises_the_energy(lig
     reg = FeedbackSolver.from_checkpoint(task, "regression").init(batch.y, batch.ctx)
     m_fb, m_reg = task.metrics(fb.x, batch.x, {})["light_mse"], task.metrics(reg, batch.x, {})["light_mse"]
     assert m_fb.median() < m_reg.median() and m_fb.mean() < m_reg.mean()
-    # shipped figures on these 40 samples (median / mean): point 0.00013 / 0.0287 (without restarts 0.175),
-    # directional 2.7e-05 / 0.0080 (without 0.0123)
+    # shipped figures on these 40 samples (median / mean): point 1.7e-4 / 0.0309 (without restarts 0.174),
+    # directional 1.3e-05 / 0.0011 (without restarts 0.0015; without the polish 2.6e-4 / 0.0062)
     bar = FIGURES[light]
     assert m_fb.median() < bar["median"] and m_fb.mean() < bar["mean"], (m_fb.median(), m_fb.mean())
     assert (fb.trace.energies().diff(dim=1) <= 0).all()
-    once = FeedbackSolver.from_checkpoint(task, off=("restarts",)).solve(batch.y, batch.ctx)
-    assert m_fb.mean() < task.metrics(once.x, batch.x, {})["light_mse"].mean()
-    assert fb.trace.resolved.any() and (fb.trace.energies()[:, -1] <= once.trace.energies()[:, -1]).all()
+    plain = FeedbackSolver.from_checkpoint(task, off=("polish",)).solve(batch.y, batch.ctx)
+    once = FeedbackSolver.from_checkpoint(task, off=("restarts", "polish")).solve(batch.y, batch.ctx)
+    assert task.metrics(plain.x, batch.x, {})["light_mse"].mean() < task.metrics(once.x, batch.x, {})["light_mse"].mean()
+    assert fb.trace.resolved.any() and (plain.trace.energies()[:, -1] <= once.trace.energies()[:, -1]).all()
+    if light == "directional":  # the polish: Gauss-Newton steps after the learned ones
+        assert m_fb.median() < 0.5 * task.metrics(plain.x, batch.x, {})["light_mse"].median()
 
 
 

@@ -30,10 +30,39 @@ def make(light: str, *overrides: str):
 
 @pytest.mark.parametrize("light", ["point", "directional"])
 def test_the_relit_image_matches_pyrenders_render_under_the_true_light(light):
-    task = make(light)
+    task = make(light, "task.relit_shadows=true")
     batch = task.sample(12, "test", 0)
     diff = (task.forward(batch.x, batch.ctx) - batch.y).abs().mean() * 255
     assert diff <= BARS[light], f"{light}: {float(diff):.2f} levels"
+
+
+def test_the_unshadowed_model_is_off_only_where_pyrender_draws_a_shadow():
+    """The shipped directional model draws no shadows: pyrender's image is darker than it in its shadows and acne,
+    almost never brighter; the one-sided energy counts the darker pixels task.dark_weight (0.01)."""
+    task = make("directional")
+    assert not task.relit_shadows and task.differentiable
+    batch = task.sample(12, "test", 0)
+    r = (batch.y - task.forward(batch.x, batch.ctx)) * 255
+    assert r.clamp(min=0).mean() < 0.1 and r.clamp(max=0).mean() < -0.3, (r.clamp(min=0).mean(), r.clamp(max=0).mean())
+    assert r.abs().mean() <= BARS["directional"]
+    plain = (r / 255).pow(2).flatten(1).mean(1)
+    e = task.energy(task.forward(batch.x, batch.ctx), batch.y)
+    assert (e < 0.05 * plain).all()  # nearly all of the misfit is the shadows'
+    res = task.polish_residual(batch.x, batch.ctx, batch.y)
+    assert torch.allclose(res.pow(2).flatten(1).mean(1), e, rtol=1e-5)
+
+
+def test_polish_finishes_a_directional_solve_near_the_true_light():
+    """Learned steps end near the light; five Gauss-Newton steps on the one-sided energy bring it to the light."""
+    from feedback_solver.polish import Polish
+
+    task = make("directional")
+    batch = task.sample(8, "test", 0)
+    start = task.space.retract(batch.x, 0.03 * torch.randn(8, 3, generator=torch.Generator().manual_seed(0)))
+    x, _ = Polish(steps=5)(task, start, batch.y, batch.ctx)
+    before, after = ((v - batch.x).pow(2).mean(1) for v in (start, x))
+    assert after.median() < 1e-4 < before.median() and (after < before).float().mean() > 0.8, (before, after)
+    assert task.space.contains(x).all()
 
 
 def test_a_cast_shadow_is_relit_where_pyrender_draws_it(tmp_path):
@@ -43,7 +72,7 @@ def test_a_cast_shadow_is_relit_where_pyrender_draws_it(tmp_path):
     cube.apply_translation((0, 0, 0.5))
     path = tmp_path / "scene.obj"
     normalise(trimesh.util.concatenate([plate, cube])).export(path)
-    task = make("directional")
+    task = make("directional", "task.relit_shadows=true")
     light = torch.nn.functional.normalize(torch.tensor([[0.3, 0.2, 1.0]]), dim=1)
     ctx = {"mesh": [str(path)], "rotation": CANONICAL}
     seen, relit = task.render(light, ctx)[0, 0], task.forward(light, ctx)[0, 0]
