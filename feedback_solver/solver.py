@@ -99,8 +99,8 @@ class FeedbackSolver(nn.Module):
 
         The checkpoint-versus-running-config rule: what the solver learned with (model, feedback, steps, mode,
         damping) comes from the checkpoint; how to run it (restarts, symmetry averaging, polish, damping.in_turn)
-        from the running config. `off` names the inference switches an ablation turns off ("damping", "restarts", "symmetry",
-        "polish").
+        from the running config. `off` names the inference switches an ablation turns off ("damping", "restarts",
+        "symmetry", "polish").
         """
         path = Path(path) if path else (folder or task.checkpoint_dir) / f"{variant}.safetensors"
         tensors, cfg, _ = read_model(path, task.name)
