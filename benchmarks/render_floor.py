@@ -2,7 +2,8 @@
 `python benchmarks/render_floor.py`.
 
 Timed in one run, per light kind, on the first N test samples (seed 0): the relit forward model (the geometry
-buffer, `feedback_solver.render.relight`; timed whatever task.forward chooses) per call and sample, pyrender's render
+buffer, `feedback_solver.render.relight`; the shipped one, and for directional lights also the one that draws
+shadows) per call and sample, pyrender's render
 per sample (the observation program), the geometry buffer's one-off cost per sample, and the Mitsuba optimiser's
 time per iteration and sample. Then the same samples with each mesh subdivided until it has at least 100x its faces:
 the relit call must cost about the same (its cost follows the image, not the mesh), pyrender's render does not.
@@ -75,9 +76,16 @@ def mitsuba_per_iteration(task, batch) -> float:
     return raw.seconds / float(raw.steps.sum())
 
 
-def measure(light: str, samples: int, seed: int, passes: int) -> dict:
+#: the settings measured: each light's shipped relit model, and the directional one that draws shadows
+SETTINGS = {"point": ("point", []), "directional": ("directional", []),
+            "directional, shadows drawn": ("directional", ["task.relit_shadows=true"])}
+
+
+def measure(label: str, samples: int, seed: int, passes: int) -> dict:
+    light, extra = SETTINGS[label]
     cls = registry.task_class("illumination")
-    task = cls(load_config(cls, [f"task.light={light}", "task.render_workers=1", f"task.forward.{light}=relit"]))
+    task = cls(load_config(cls, [f"task.light={light}", "task.render_workers=1", f"task.forward.{light}=relit",
+                                 *extra]))
     batch = task.sample(samples, "test", seed)
     small = costs(task, batch.index(slice(0, samples)), passes)
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,7 +95,7 @@ def measure(light: str, samples: int, seed: int, passes: int) -> dict:
         dense = costs(task, dense_batch, passes)
         mesh.cache_clear()
     mitsuba = mitsuba_per_iteration(task, batch.index(slice(0, min(samples, 10))))
-    return {"light": light, "samples": samples, "seed": seed, "small": small, "dense": dense,
+    return {"light": label, "samples": samples, "seed": seed, "small": small, "dense": dense,
             "mitsuba_iteration_s": mitsuba, **ratios(small, dense, mitsuba)}
 
 
@@ -138,7 +146,8 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/illumination")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
-    rows = [measure(light, args.samples, args.seed, args.passes) for light in args.light or KINDS]
+    labels = [k for k, (light, _) in SETTINGS.items() if light in (args.light or KINDS)]
+    rows = [measure(label, args.samples, args.seed, args.passes) for label in labels]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "render_floor.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -74,6 +74,7 @@ class Raw:
     energy: Tensor | None = None  # learned: E_data along the trace (n x T+1)
     step_seconds: Tensor | None = None  # learned: (forward, update) seconds per step, summed over samples (2 x T+1)
     restarts: Tensor | None = None  # learned with solver.restarts: per sample (solved again, answer from a restart)
+    polish_seconds: float = 0.0  # learned with solver.polish: its seconds, summed over samples
 
     @staticmethod
     def merge(parts: list["Raw"]) -> "Raw":
@@ -85,7 +86,8 @@ class Raw:
         steps = None if parts[0].step_seconds is None else sum(p.step_seconds for p in parts)
         restarts = None if parts[0].restarts is None else cat([p.restarts for p in parts])
         return Raw(cat([p.x for p in parts]), {k: cat([p.states[k] for p in parts]) for k in parts[0].states},
-                   cat([p.steps for p in parts]), sum(p.seconds for p in parts), fwd, energy, steps, restarts)
+                   cat([p.steps for p in parts]), sum(p.seconds for p in parts), fwd, energy, steps, restarts,
+                   sum(p.polish_seconds for p in parts))
 
 
 def concat(raws: list[Raw], dim: int) -> Raw:
@@ -146,7 +148,8 @@ def entry(task: Task, raw: Raw, batch: Batch, metric: str) -> dict[str, Any]:
     if raw.step_seconds is not None:
         fwd, upd = (raw.step_seconds / n).tolist()
         out["per_step"] = {"forward_seconds_per_sample": fwd, "update_seconds_per_sample": upd,
-                           "forward_fraction": raw.forward_seconds / raw.seconds if raw.seconds else None}
+                           "forward_fraction": raw.forward_seconds / raw.seconds if raw.seconds else None,
+                           "polish_seconds_per_sample": raw.polish_seconds / n}
     return out
 
 
@@ -161,7 +164,7 @@ def solve_chunk(solver: FeedbackSolver, part: Batch, steps: int | None, curve_st
     per_step = torch.tensor([tr.forward_seconds, tr.update_seconds + [0.0]], dtype=torch.float64)
     restarts = None if tr.resolved is None else torch.stack([tr.resolved, tr.restarted], 1).float().cpu()
     return Raw(res.x.cpu(), states, torch.full((len(part),), float(res.steps)), wall, res.forward_seconds,
-               res.trace.energies().cpu(), per_step, restarts)
+               res.trace.energies().cpu(), per_step, restarts, tr.polish_seconds)
 
 
 def run_learned(task: Task, solver: FeedbackSolver, batch: Batch, chunks: list[slice], dist: Dist,

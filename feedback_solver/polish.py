@@ -3,9 +3,10 @@
 The learned steps find the basin; where the solver's forward model and the data come from different programs (a
 relit model of a renderer's shadows, a photograph), the fine position of the answer is set by the energy's minimum,
 which a net trained on one program does not reach exactly. For a task whose state has a few tangent dimensions and
-whose forward is cheap per call, a Jacobian by finite differences (one call per tangent direction) and a
-D x D solve per sample cost D + 1 forward calls an iteration. The task names the residual it minimises
-(`Task.polish_residual`); by default the forward model's minus the observation.
+whose forward is cheap per call, a Jacobian by finite differences (one call per tangent direction of
+`Space.tangent_basis`) and a k x k solve per sample cost k + 1 forward calls an iteration; a sample that has
+stopped moving drops out. The task names the residual it minimises (`Task.polish_residual`); by default the
+forward model's prediction minus the observation. Our own code: torch has no batched, per-sample LM solver.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from feedback_solver.problem import index_ctx
+
 if TYPE_CHECKING:
     from feedback_solver.problem import Task
 
@@ -25,13 +28,15 @@ MAX_DIM = 32  # tangent dimensions: D + 1 forward calls an iteration and a D x D
 
 @dataclass(frozen=True)
 class Polish:
-    """`steps` Levenberg-Marquardt iterations per sample; `delta` the finite-difference step in the tangent,
-    `mu` the starting damping (times the Hessian's diagonal), raised 10x on a rejected step and lowered 10x on an
-    accepted one. No steps: switched off."""
+    """`steps` Levenberg-Marquardt iterations per sample; `delta` the finite-difference step along each of the
+    space's tangent directions (`Space.tangent_basis`), `mu` the starting damping (times the Hessian's diagonal),
+    lowered 10x on an accepted step and raised 10x on a rejected one; a sample whose accepted step moves it less
+    than `tol` stops. No steps: switched off."""
 
     steps: int = 0
     delta: float = 1e-3
     mu: float = 1e-3
+    tol: float = 1e-5
 
     @torch.no_grad()
     def __call__(self, task: "Task", x: Tensor, y: Tensor, ctx: dict[str, Any]) -> tuple[Tensor, float]:
@@ -44,25 +49,39 @@ class Polish:
         if dim > MAX_DIM:
             raise ValueError(f"solver.polish: task {task.name!r} has {dim} tangent dimensions; a finite-difference "
                              f"Gauss-Newton polish takes at most {MAX_DIM} (set solver.polish.steps=0)")
+        x = x.clone()
         r = task.polish_residual(x, ctx, y).flatten(1)
         energy = r.pow(2).mean(1)
         mu = torch.full((n,), self.mu, dtype=r.dtype, device=r.device)
-        basis = torch.eye(dim, dtype=x.dtype, device=x.device) * self.delta
+        active = torch.arange(n, device=x.device)
         for _ in range(self.steps):
-            # one call per tangent direction on the batch's own context (a D-fold copy of it would cost more)
-            jac = torch.stack([(task.polish_residual(task.space.retract(x, e.expand(n, dim).view(zero.shape)), ctx, y)
-                                .flatten(1) - r) / self.delta for e in basis], 2)  # (B, P, D)
-            hess = jac.transpose(1, 2) @ jac
-            grad = (jac.transpose(1, 2) @ r[:, :, None])[..., 0]
-            diag = torch.diagonal(hess, dim1=1, dim2=2)
-            damped = hess + torch.diag_embed(mu[:, None] * diag + 1e-12)
-            step = -torch.linalg.solve(damped, grad)
-            cand = task.space.retract(x, step.view(zero.shape))
-            r_cand = task.polish_residual(cand, ctx, y).flatten(1)
-            e_cand = r_cand.pow(2).mean(1)
-            ok = torch.isfinite(e_cand) & (e_cand < energy)
-            x = torch.where(ok.view(-1, *[1] * (x.dim() - 1)), cand, x)
-            r = torch.where(ok[:, None], r_cand, r)
-            energy = torch.where(ok, e_cand, energy)
-            mu = torch.where(ok, mu / 10, mu * 10)
+            if active.numel() == 0:
+                break
+            sub = ctx if active.numel() == n else index_ctx(ctx, active, n)
+            moved = self.iterate(task, x, y, r, energy, mu, active, sub, zero.shape[1:])
+            active = active[moved]
         return x, time.perf_counter() - start
+
+    def iterate(self, task: "Task", x: Tensor, y: Tensor, r: Tensor, energy: Tensor, mu: Tensor, active: Tensor,
+                ctx: dict[str, Any], shape: tuple[int, ...]) -> Tensor:
+        """One damped Gauss-Newton step of the `active` samples, written into x, r, energy and mu in place;
+        returns which of them are still moving."""
+        xa, ya, ra = x[active], y[active], r[active]
+        basis = task.space.tangent_basis(xa)  # (m, D, k)
+        m, k = basis.shape[0], basis.shape[2]
+        cols = [(task.polish_residual(task.space.retract(xa, (self.delta * basis[:, :, j]).view(m, *shape)), ctx,
+                                      ya).flatten(1) - ra) / self.delta for j in range(k)]
+        jac = torch.stack(cols, 2)  # (m, P, k): one forward call per direction, on the samples' own context
+        hess = jac.transpose(1, 2) @ jac
+        grad = (jac.transpose(1, 2) @ ra[:, :, None])[..., 0]
+        diag = torch.diagonal(hess, dim1=1, dim2=2)
+        step = -torch.linalg.solve(hess + torch.diag_embed(mu[active, None] * diag + 1e-12), grad)
+        dx = (basis @ step[:, :, None])[..., 0].view(m, *shape)
+        cand = task.space.retract(xa, dx)
+        r_cand = task.polish_residual(cand, ctx, ya).flatten(1)
+        e_cand = r_cand.pow(2).mean(1)
+        ok = torch.isfinite(e_cand) & (e_cand < energy[active])
+        take = active[ok]
+        x[take], r[take], energy[take] = cand[ok], r_cand[ok], e_cand[ok]
+        mu[active] = torch.where(ok, mu[active] / 10, mu[active] * 10)
+        return ~ok | ((cand - xa).flatten(1).norm(dim=1) >= self.tol)

@@ -264,9 +264,12 @@ def step_time_lines(result: Mapping[str, Any], name: str = REFERENCE_METHOD) -> 
     fwd, upd = per["forward_seconds_per_sample"], per["update_seconds_per_sample"]
     lines = [f"## Time per step ({_md_escape(name)})", "",
              "Per sample; step T is the final forward call that scores the answer. Forward time includes the "
-             "damping's extra calls.", "",
+             "damping's extra calls (and the restarts'); polish: solver.polish's Gauss-Newton steps.", "",
              _table_row(["step", "forward", "update"]), _table_row(["---"] * 3)]
     lines += [_table_row([str(t), fmt_seconds(f), fmt_seconds(u)]) for t, (f, u) in enumerate(zip(fwd, upd))]
+    polish = per.get("polish_seconds_per_sample") or 0.0
+    if polish:  # solver.polish: after the steps and restarts, all of it forward calls and small solves
+        lines.append(_table_row(["polish", fmt_seconds(polish), "–"]))
     frac = per.get("forward_fraction")
     if not _is_missing(frac):
         lines += ["", f"Forward model: {100 * float(frac):.1f}% of the solve time."]

@@ -78,6 +78,7 @@ class PolishSettings:
     steps: int = 0
     delta: float = 1e-3
     mu: float = 1e-3
+    tol: float = 1e-5  # a sample whose accepted step moves it less than this stops
 
 
 @dataclass

@@ -28,6 +28,13 @@ class Space:
         """A zero update for x (B x tangent_dim here; image-shaped spaces override it)."""
         return torch.zeros(x.shape[0], self.tangent_dim, dtype=x.dtype, device=x.device)
 
+    def tangent_basis(self, x: Tensor) -> Tensor:
+        """Directions along which a small update moves x (B x tangent_dim x k, orthonormal columns): all of the
+        tangent by default; a space whose retraction discards some directions (a sphere's radial one) leaves them
+        out, so that solver.polish spends no forward call on them."""
+        eye = torch.eye(self.tangent_dim, dtype=x.dtype, device=x.device)
+        return eye.expand(x.shape[0], -1, -1)
+
     def check(self, x: Tensor, what: str = "x") -> Tensor:
         """Refuse wrongly shaped or non-finite parameters with a message naming them."""
         if x.dim() != 2 or x.shape[1] != self.dim:
@@ -152,6 +159,18 @@ class Shell(Space):
 
     def retract(self, x: Tensor, dx: Tensor) -> Tensor:
         return self.project(x + dx)
+
+    def tangent_basis(self, x: Tensor) -> Tensor:
+        """Unit directions (r_min = r_max): the two directions orthogonal to x (projection drops the radial one)."""
+        if self.r_min != self.r_max:
+            return super().tangent_basis(x)
+        u = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        helper = torch.zeros_like(u)
+        helper[:, 0] = 1.0
+        helper[u[:, 0].abs() > 0.9] = torch.tensor([0.0, 1.0, 0.0], dtype=u.dtype, device=u.device)
+        e1 = torch.linalg.cross(helper, u)
+        e1 = e1 / e1.norm(dim=1, keepdim=True)
+        return torch.stack([e1, torch.linalg.cross(u, e1)], 2)
 
     def distance(self, a: Tensor, b: Tensor) -> Tensor:
         return (a - b).norm(dim=1)

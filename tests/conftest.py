@@ -90,3 +90,16 @@ def benchmark_script():
         return module
 
     return load
+
+
+@pytest.fixture
+def restart_task(toy_cls, toy_cfg):
+    """The toy with other starts: corners of the box, so a restart can land nearer the truth than the zero start."""
+    import torch
+
+    class Restarting(toy_cls):
+        def restart_starts(self, batch, count):
+            signs = torch.tensor([[1.0, -1.0, 1.0, -1.0], [-1.0, 1.0, -1.0, 1.0], [1.0, 1.0, -1.0, -1.0]])
+            return (0.8 * signs[:count, None, :]).expand(count, len(batch), 4).clone()
+
+    return Restarting(toy_cfg())

@@ -56,20 +56,10 @@ def test_polish_settings_are_checked_and_a_large_tangent_is_refused(toy_cfg, toy
         Polish(steps=1)(task, torch.zeros(2, 40), torch.zeros(2, 8), {})
 
 
-@pytest.fixture
-def corner_task(toy_cls, toy_cfg):
-    class Corners(toy_cls):
-        def restart_starts(self, batch, count):
-            signs = torch.tensor([[1.0, -1.0, 1.0, -1.0], [-1.0, 1.0, -1.0, 1.0], [1.0, 1.0, -1.0, -1.0]])
-            return (0.8 * signs[:count, None, :]).expand(count, len(batch), 4).clone()
-
-    return Corners(toy_cfg())
-
-
-def test_triage_continues_each_samples_best_start_with_a_whole_trace(corner_task, toy_cfg):
+def test_triage_continues_each_samples_best_start_with_a_whole_trace(restart_task, toy_cfg):
     torch.manual_seed(0)
-    solver = build_solver(corner_task, toy_cfg("solver.steps=4"))
-    batch = corner_task.sample(24, "test", 0)
+    solver = build_solver(restart_task, toy_cfg("solver.steps=4"))
+    batch = restart_task.sample(24, "test", 0)
     once = solver.solve(batch.y, batch.ctx)
     threshold = float(once.trace.energies()[:, -1].median())
     solver.restarts = Restarts(3, threshold, triage=2)
@@ -78,9 +68,9 @@ def test_triage_continues_each_samples_best_start_with_a_whole_trace(corner_task
     assert e.shape == (24, 5) and len(tr.x) == 5 and tr.lambdas().shape == (24, 4) and len(tr.forward_seconds) == 5
     assert torch.equal(tr.resolved, e0[:, -1] > threshold) and tr.restarted.any()
     assert (e[:, -1] <= e0[:, -1]).all() and torch.equal(res.x[~tr.restarted], once.x[~tr.restarted])
-    assert torch.allclose(e[:, -1], corner_task.energy(corner_task.forward(res.x, {}), batch.y))
+    assert torch.allclose(e[:, -1], restart_task.energy(restart_task.forward(res.x, {}), batch.y))
     assert (e.diff(dim=1) <= 0).all()  # each kept run is one damped run: head and tail join up
-    starts = corner_task.restart_starts(batch, 3)
+    starts = restart_task.restart_starts(batch, 3)
     assert all(any(torch.equal(tr.x[0][i], starts[j, i]) for j in range(3)) for i in tr.restarted.nonzero().flatten())
     # triage after every step but the last, or none, is the full search over starts in the end
     full = Restarts(3, threshold)

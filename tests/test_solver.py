@@ -175,18 +175,6 @@ def test_gradient_feedback_accepts_a_surrogate_for_a_black_box_forward(blackbox_
 
 
 # --- restarts ------------------------------------------------------------------------------------------------------
-@pytest.fixture
-def restart_task(toy_cls, toy_cfg):
-    """The toy with other starts: corners of the box, so a restart can land nearer the truth than the zero start."""
-
-    class Restarting(toy_cls):
-        def restart_starts(self, batch, count):
-            signs = torch.tensor([[1.0, -1.0, 1.0, -1.0], [-1.0, 1.0, -1.0, 1.0], [1.0, 1.0, -1.0, -1.0]])
-            return (0.8 * signs[:count, None, :]).expand(count, len(batch), 4).clone()
-
-    return Restarting(toy_cfg())
-
-
 @pytest.mark.parametrize("damping", [True, False])
 def test_restarts_keep_each_samples_lowest_energy_run(restart_task, toy_cfg, damping):
     cfg = toy_cfg("solver.steps=3", f"solver.damping.enabled={damping}")

@@ -255,7 +255,7 @@ class IlluminationTask(ObjectScenes, Task):
 
     # --- learned parts -----------------------------------------------------------------------------
     def make_update(self, inputs: list[str], model: DictConfig) -> nn.Module:
-        return light_update(inputs, self.camera.size, model)
+        return light_update(inputs, self.camera.size, model, bool(self.cfg.task.traced_nets))
 
     def make_initializer(self, model: DictConfig) -> nn.Module:
         return LightInitializer(self.camera.size, model, self.space)

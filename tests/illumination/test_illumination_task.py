@@ -112,6 +112,42 @@ def test_restart_starts_ring_the_axis_inside_the_domain(light):
     assert float(task.cfg.solver.restarts.energy_above) == float(task.cfg.task.restart_energy[light])
 
 
+def test_the_sphere_of_directions_gives_the_polish_two_tangent_directions():
+    space = make("directional").space
+    x = space.project(torch.randn(64, 3, generator=torch.Generator().manual_seed(0)))
+    basis = space.tangent_basis(x)
+    assert basis.shape == (64, 3, 2)
+    gram = basis.transpose(1, 2) @ basis
+    assert torch.allclose(gram, torch.eye(2).expand(64, 2, 2), atol=1e-6)
+    assert (x[:, None, :] @ basis).abs().max() < 1e-6  # orthogonal to the direction: the retraction keeps them
+    assert make("point").space.tangent_basis(x).shape == (64, 3, 3)  # radii move a point light too
+
+
+def test_traced_inference_gives_the_eager_outputs_and_follows_new_weights():
+    """task.traced_nets: eval-mode, no-grad calls go through a traced, optimised copy of the net; it must give the
+    eager net's outputs, and be rebuilt when the weights change (a training step, loaded weights)."""
+    from tasks.illumination.nets import light_update
+
+    task = make("point")
+    model = task.cfg.model
+    torch.manual_seed(0)
+    traced = light_update(["y", "y_t", "residual", "x"], 128, model, traced=True).eval()
+    eager = light_update(["y", "y_t", "residual", "x"], 128, model).eval()
+    eager.load_state_dict(traced.state_dict())
+    fb = {k: torch.rand(5, 1, 128, 128) for k in ("y", "y_t", "residual")} | {"x": torch.rand(5, 3)}
+    with torch.no_grad():
+        first = traced(fb)[0]
+        assert torch.allclose(first, eager(fb)[0], atol=1e-5) and len(traced.net._inference) == 1
+        for p in (traced.parameters(), eager.parameters()):
+            next(iter(p)).add_(0.5)
+        second = traced(fb)[0]
+        assert torch.allclose(second, eager(fb)[0], atol=1e-5) and not torch.allclose(first, second)
+        assert torch.allclose(traced({k: v[:2] for k, v in fb.items()})[0], second[:2], atol=1e-5)  # any batch
+    with torch.enable_grad():  # training, or a gradient through the net: the eager path
+        out = traced.train()(fb)[0]
+        assert out.requires_grad
+
+
 def test_metrics_and_outliers(task):
     x = task.sample(4, "test", 0).x
     assert task.metrics(x, x, {})["light_mse"].max() == 0
