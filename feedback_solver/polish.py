@@ -37,7 +37,6 @@ class Polish:
     delta: float = 1e-3
     mu: float = 1e-3
     tol: float = 1e-5
-    fresh: int = 1  # a finite-difference Jacobian every `fresh` iterations; Broyden updates of it in between
 
     @torch.no_grad()
     def __call__(self, task: "Task", x: Tensor, y: Tensor, ctx: dict[str, Any]) -> tuple[Tensor, float]:
@@ -55,37 +54,24 @@ class Polish:
         energy = r.pow(2).mean(1)
         mu = torch.full((n,), self.mu, dtype=r.dtype, device=r.device)
         active = torch.arange(n, device=x.device)
-        jac = None  # (B, P, D): the Jacobian in the tangent's own coordinates, kept for Broyden's updates
-        for it in range(self.steps):
+        for _ in range(self.steps):
             if active.numel() == 0:
                 break
             sub = ctx if active.numel() == n else index_ctx(ctx, active, n)
-            if it % max(self.fresh, 1) == 0:
-                fd = self.finite_differences(task, x[active], y[active], r[active], sub, zero.shape[1:])
-                if jac is None:
-                    jac = fd.new_zeros(n, *fd.shape[1:])
-                jac[active] = fd
-            moved = self.iterate(task, x, y, r, energy, mu, active, sub, zero.shape[1:], jac)
+            moved = self.iterate(task, x, y, r, energy, mu, active, sub, zero.shape[1:])
             active = active[moved]
         return x, time.perf_counter() - start
 
-    def finite_differences(self, task: "Task", xa: Tensor, ya: Tensor, ra: Tensor, ctx: dict[str, Any],
-                           shape: tuple[int, ...]) -> Tensor:
-        """The residual's Jacobian (m, P, D) along the tangent basis, mapped back to the tangent's coordinates."""
+    def iterate(self, task: "Task", x: Tensor, y: Tensor, r: Tensor, energy: Tensor, mu: Tensor, active: Tensor,
+                ctx: dict[str, Any], shape: tuple[int, ...]) -> Tensor:
+        """One damped Gauss-Newton step of the `active` samples, written into x, r, energy and mu in place;
+        returns which of them are still moving."""
+        xa, ya, ra = x[active], y[active], r[active]
         basis = task.space.tangent_basis(xa)  # (m, D, k)
         m, k = basis.shape[0], basis.shape[2]
         cols = [(task.polish_residual(task.space.retract(xa, (self.delta * basis[:, :, j]).view(m, *shape)), ctx,
                                       ya).flatten(1) - ra) / self.delta for j in range(k)]
-        return torch.stack(cols, 2) @ basis.transpose(1, 2)  # one forward call per direction
-
-    def iterate(self, task: "Task", x: Tensor, y: Tensor, r: Tensor, energy: Tensor, mu: Tensor, active: Tensor,
-                ctx: dict[str, Any], shape: tuple[int, ...], jac_all: Tensor) -> Tensor:
-        """One damped Gauss-Newton step of the `active` samples, written into x, r, energy, mu and the Jacobian
-        (Broyden's rank-one update from the trial) in place; returns which of them are still moving."""
-        xa, ya, ra = x[active], y[active], r[active]
-        basis = task.space.tangent_basis(xa)  # (m, D, k)
-        m = basis.shape[0]
-        jac = jac_all[active] @ basis  # (m, P, k)
+        jac = torch.stack(cols, 2)  # (m, P, k): one forward call per direction, on the samples' own context
         hess = jac.transpose(1, 2) @ jac
         grad = (jac.transpose(1, 2) @ ra[:, :, None])[..., 0]
         diag = torch.diagonal(hess, dim1=1, dim2=2)
@@ -94,11 +80,6 @@ class Polish:
         cand = task.space.retract(xa, dx)
         r_cand = task.polish_residual(cand, ctx, ya).flatten(1)
         e_cand = r_cand.pow(2).mean(1)
-        moved = (cand - xa).flatten(1)
-        norm2 = moved.pow(2).sum(1).clamp_min(1e-30)
-        miss = r_cand - ra - (jac_all[active] @ moved[:, :, None])[..., 0]
-        good = torch.isfinite(miss).all(1)
-        jac_all[active[good]] += miss[good, :, None] * (moved[good] / norm2[good, None])[:, None, :]
         ok = torch.isfinite(e_cand) & (e_cand < energy[active])
         take = active[ok]
         x[take], r[take], energy[take] = cand[ok], r_cand[ok], e_cand[ok]

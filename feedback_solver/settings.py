@@ -79,7 +79,6 @@ class PolishSettings:
     delta: float = 1e-3
     mu: float = 1e-3
     tol: float = 1e-5  # a sample whose accepted step moves it less than this stops
-    fresh: int = 1  # a finite-difference Jacobian every `fresh` iterations, Broyden's updates of it in between
 
 
 @dataclass

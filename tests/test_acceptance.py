@@ -139,8 +139,9 @@ def test_damping_refuses_bad_settings(halvings, factor):
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 24), in_turn=st.sampled_from([1, 2, 3]),
        nan_rows=st.sets(st.integers(0, 23), max_size=4), nan_at=st.sampled_from([None, 1.0, 0.5, 0.25]))
 def test_halvings_tried_together_give_the_answer_of_trying_them_in_turn(toy_task, seed, n, in_turn, nan_rows, nan_at):
-    """Random steps, and a forward model that returns NaN for some samples at one step scale: the same states,
-    energies, scales and non-finite flags whether the scales are tried one call each or together."""
+    """Random steps, and a forward model that returns NaN for some samples at one step scale: the same scales and
+    non-finite flags, and states and energies to float rounding, whether the scales are tried one call each or
+    together."""
     gen = torch.Generator().manual_seed(seed)
     batch = toy_task.sample(n, "test", seed % 1000)
     x = torch.rand(n, 4, generator=gen) * 2 - 1
@@ -160,9 +161,10 @@ def test_halvings_tried_together_give_the_answer_of_trying_them_in_turn(toy_task
     task = Flaky(toy_task.cfg)
     a = LMDamping(4, 0.5)(task, x, dx, batch.y, {}, energy, y_t)
     b = LMDamping(4, 0.5, in_turn)(task, x, dx, batch.y, {}, energy, y_t)
-    for name in ("x", "energy", "lam", "nonfinite"):
+    for name in ("lam", "nonfinite"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
-    assert torch.equal(a.y_t, b.y_t)
+    for name in ("x", "energy", "y_t"):  # a forward call on another batch may round its last bit otherwise
+        assert torch.allclose(getattr(a, name), getattr(b, name), atol=1e-6, equal_nan=True), name
 
 
 def test_in_turn_must_try_the_full_step_alone():

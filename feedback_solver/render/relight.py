@@ -145,6 +145,7 @@ class Batched:
     r: Tensor  # (B, F) |p|, the distance to the camera
     size: int
     occluders: "Occluders | None" = None
+    support: Tensor | None = None  # (B, U) int64: each sample's covered pixels, padded with size * size
 
     @property
     def count(self) -> int:
@@ -171,15 +172,23 @@ class Batched:
         cast = {k: getattr(self, k).to(x) for k in ("weight", "surface", "nv", "np_", "r")}
         o = self.occluders
         occ = None if o is None else Occluders(o.points.to(x), o.normals.to(x), o.resolution, o.bias)
-        return Batched(self.pixel.to(x.device), size=self.size, occluders=occ, **cast)
+        support = None if self.support is None else self.support.to(x.device)
+        return Batched(self.pixel.to(x.device), size=self.size, occluders=occ, support=support, **cast)
 
     def subset(self, idx: Tensor | slice) -> "Batched":
         """Some samples (a damping trial's, a restart's, a chunk's): problem.index_ctx calls it."""
         idx = idx.to(self.pixel.device) if isinstance(idx, Tensor) else idx
         occ = self.occluders
         occ = None if occ is None else Occluders(occ.points[idx], occ.normals[idx], occ.resolution, occ.bias)
+        support = None if self.support is None else self.support[idx]
         return Batched(self.pixel[idx], self.weight[idx], self.surface[idx], self.nv[idx], self.np_[idx],
-                       self.r[idx], self.size, occ)
+                       self.r[idx], self.size, occ, support)
+
+    def gather(self, images: Tensor) -> Tensor:
+        """(B, U) values of (B, 1, S, S) images at each sample's covered pixels (0 at the padding): what a residual
+        over the object needs, without the background's zeros."""
+        flat = torch.cat([images.flatten(1), images.new_zeros(len(images), 1)], 1)
+        return flat.gather(1, self.support)
 
     def rows(self, part: slice) -> "Batched":
         """A contiguous run of samples, as views (no copy)."""
@@ -199,7 +208,10 @@ def batched(buffers: list[GBuffer]) -> Batched:
         stack = lambda k: torch.stack([getattr(b, k) for b in buffers]).float().transpose(1, 2).contiguous()  # noqa: E731
         occluders = Occluders(stack("points"), stack("point_normals"))
     surface = torch.cat([normal, position], 1).transpose(1, 2).contiguous()
-    return Batched(pixel, weight, surface, nv, (normal * position).sum(-1), r, buffers[0].size, occluders)
+    size = buffers[0].size
+    support = torch.nn.utils.rnn.pad_sequence([torch.unique(b.pixel) for b in buffers], batch_first=True,
+                                              padding_value=size * size)
+    return Batched(pixel, weight, surface, nv, (normal * position).sum(-1), r, size, occluders, support)
 
 
 def shade(nw: Tensor, vw: Tensor, nv: Tensor, radiance: Tensor, albedo: float) -> Tensor:

@@ -138,20 +138,23 @@ class IlluminationTask(ObjectScenes, Task):
         observation than in the model (its shadows and acne) weighted by task.dark_weight."""
         r = y_obs - y_pred
         if self.light == "point" or self.forward_model == "pyrender" or self.relit_shadows:
-            return r.flatten(1).pow(2).mean(1)
-        return (r.clamp(min=0).pow(2) + float(self.cfg.task.dark_weight) * r.clamp(max=0).pow(2)).flatten(1).mean(1)
+            return r.flatten(1).square().mean(1)
+        return torch.where(r > 0, r, r * math.sqrt(float(self.cfg.task.dark_weight))).flatten(1).square().mean(1)
 
     def polish_residual(self, x: Tensor, ctx: dict[str, Any], y_obs: Tensor) -> Tensor:
         """What solver.polish minimises: for directional lights the observation minus the relit image without
-        shadows, its negative part (a pixel darker than the unshadowed model: a shadow, or pyrender's shadow acne,
-        which no model of ours draws exactly) weighted by sqrt(task.dark_weight); point lights cast no shadows."""
+        shadows on the pixels the object covers, its negative part (a pixel darker than the unshadowed model: a
+        shadow, or pyrender's shadow acne, which no model of ours draws exactly) weighted by sqrt(task.dark_weight);
+        point lights cast no shadows."""
         if self.light == "point" or self.forward_model == "pyrender":
             return self.forward(x, ctx) - y_obs
         self.check_light(x)
         if "scene" not in ctx:
             ctx["scene"] = self.scene(ctx)
         lt, centre = self.lighting, torch.tensor([0.0, 0.0, -self.camera.distance])
-        r = y_obs - relight.relight(ctx["scene"], x, self.light, centre, lt.intensity, lt.albedo, shadows=False)
+        scene = ctx["scene"]
+        relit = relight.relight(scene, x, self.light, centre, lt.intensity, lt.albedo, shadows=False)
+        r = scene.gather(y_obs) - scene.gather(relit)  # the object's pixels only: elsewhere both images are black
         return torch.where(r < 0, r * math.sqrt(float(self.cfg.task.dark_weight)), r)
 
     def scene(self, ctx: dict[str, Any]) -> relight.Batched:
