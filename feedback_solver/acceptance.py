@@ -73,7 +73,8 @@ class LMDamping:
         n = x.shape[0]
         out = Trials(x.clone(), energy.clone(), y_t.clone(), torch.ones(n, device=x.device), ~finite_rows(dx))
         pending = ~out.nonfinite  # a NaN step stays NaN at any scale: rejected at once, never rendered
-        scales = [self.factor**k for k in range(self.max_halvings + 1)]
+        # the scales as halving a float32 lambda in turn makes them (bit for bit, whatever the factor)
+        scales = torch.cat([torch.ones(1), torch.full((self.max_halvings,), self.factor).cumprod(0)]).tolist()
         turns = len(scales) if self.in_turn is None else self.in_turn
         for k in range(min(turns, len(scales))):
             pending = trial(task, x, dx, y, ctx, energy, out, pending, scales[k:k + 1])

@@ -76,6 +76,7 @@ class Polish:
         grad = (jac.transpose(1, 2) @ ra[:, :, None])[..., 0]
         diag = torch.diagonal(hess, dim1=1, dim2=2)
         step = -torch.linalg.solve(hess + torch.diag_embed(mu[active, None] * diag + 1e-12), grad)
+        step = torch.where(torch.isfinite(step), step, torch.zeros_like(step))  # a NaN Jacobian: no move
         dx = (basis @ step[:, :, None])[..., 0].view(m, *shape)
         cand = task.space.retract(xa, dx)
         r_cand = task.polish_residual(cand, ctx, ya).flatten(1)

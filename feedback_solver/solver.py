@@ -210,7 +210,7 @@ class FeedbackSolver(nn.Module):
         if not 0 < triage < steps or k == 1:
             return self.run(x0, sub.y[rep], many, steps), k
         head = self.run(x0, sub.y[rep], many, triage)
-        rows = head.energy[-1].view(k, n).argmin(0) * n + torch.arange(n, device=sub.y.device)
+        rows = lowest(head.energy[-1].view(k, n)) * n + torch.arange(n, device=sub.y.device)
         tail = self.run(head.x[-1][rows], sub.y, sub.ctx, steps, first=triage, carry=select(head.carry, rows))
         out = Trace()
         out.x = [v[rows] for v in head.x[:-1]] + tail.x
@@ -237,7 +237,7 @@ class FeedbackSolver(nn.Module):
         n = len(redo)
         again, k = self.restart_runs(Batch(y[redo], None, index_ctx(ctx, redo, len(y))), steps)
         energies = torch.cat([trace.energy[-1][redo][None], again.energy[-1].view(k, n)])  # (1 + k, n)
-        best = energies.argmin(0)
+        best = lowest(energies)
         won = (best > 0).nonzero().flatten()
         rows, dst = (best[won] - 1) * n + won, redo[won]
         trace.x, trace.energy, trace.lam, trace.nonfinite = (
@@ -254,10 +254,14 @@ class FeedbackSolver(nn.Module):
 
     def polish_answer(self, trace: Trace, y: Tensor, ctx: dict[str, Any]) -> None:
         """solver.polish: Gauss-Newton steps from the final state; the trace's last state and energy become the
-        polished ones (its energy is the task's, which the polish's residual need not be)."""
+        polished ones, except where the task's energy (which the polish's residual need not be) would rise."""
         x, seconds = self.polish(self.task, trace.x[-1], y, ctx)
         start = time.perf_counter()
         energy = self.task.energy(self.task.forward(x, ctx), y)
+        rose = ~(energy <= trace.energy[-1])  # the polish's residual need not be the task's energy: keep E monotone
+        if rose.any():
+            x = torch.where(rose.view(-1, *[1] * (x.dim() - 1)), trace.x[-1], x)
+            energy = torch.where(rose, trace.energy[-1], energy)
         trace.polish_seconds = seconds + time.perf_counter() - start
         trace.x, trace.energy = trace.x[:-1] + [x], trace.energy[:-1] + [energy]
 
@@ -270,6 +274,11 @@ class FeedbackSolver(nn.Module):
             x = self.task.space.retract(x, dx)
             states.append(x)
         return states
+
+
+def lowest(energies: Tensor) -> Tensor:
+    """Per column, the row of the lowest energy; a NaN counts as the highest (argmin alone would pick it)."""
+    return torch.nan_to_num(energies, nan=float("inf")).argmin(0)
 
 
 def select(state: Any, rows: Tensor) -> Any:

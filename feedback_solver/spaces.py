@@ -32,8 +32,8 @@ class Space:
         """Directions along which a small update moves x (B x tangent_dim x k, orthonormal columns): all of the
         tangent by default; a space whose retraction discards some directions (a sphere's radial one) leaves them
         out, so that solver.polish spends no forward call on them."""
-        eye = torch.eye(self.tangent_dim, dtype=x.dtype, device=x.device)
-        return eye.expand(x.shape[0], -1, -1)
+        dim = self.tangent_zeros(x[:1]).flatten(1).shape[1]
+        return torch.eye(dim, dtype=x.dtype, device=x.device).expand(x.shape[0], -1, -1)
 
     def check(self, x: Tensor, what: str = "x") -> Tensor:
         """Refuse wrongly shaped or non-finite parameters with a message naming them."""

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from feedback_solver import distributed
 from feedback_solver.checkpoints import load_matching, load_state, matching, read_model, save_model, save_state
 from feedback_solver.distributed import Dist
+from feedback_solver.polish import Polish
 from feedback_solver.problem import Batch, Task
 from feedback_solver.progress import bar as progress_bar
 from feedback_solver.solver import FeedbackSolver, build_solver, no_restarts
@@ -383,8 +384,9 @@ def train(task: Task, cfg: DictConfig, out: str | os.PathLike, resume: bool = Fa
     check_batch(cfg, dist)
     torch.manual_seed(cfg.seed)
     solver = build_solver(task, cfg).to(dist.device)
-    # restarts and symmetry averaging are inference settings: stage inputs and validation are the plain solver's
-    solver.restarts, solver.symmetric = no_restarts(), False
+    # restarts, symmetry averaging and the polish are inference settings: stage inputs and validation are the plain
+    # solver's
+    solver.restarts, solver.symmetric, solver.polish = no_restarts(), False, Polish()
     trainer = Trainer(task, cfg, dist, solver, phases(cfg), out.with_name(out.name + ".state.pt"), None,
                       progress and dist.is_main)
     lock = StateLock(trainer.state_path)

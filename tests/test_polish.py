@@ -85,3 +85,22 @@ def test_select_takes_rows_of_a_carry():
     assert torch.equal(out[0], torch.tensor([[4.0, 5.0], [0.0, 1.0]]))
     assert torch.equal(out[1][0], torch.tensor([2.0, 0.0]))
     assert out[1][1] is None and out[2] is None
+
+
+def test_a_non_finite_jacobian_moves_no_sample_and_a_nan_energy_never_wins_triage(toy_task, monkeypatch):
+    from feedback_solver.solver import lowest
+
+    batch = toy_task.sample(6, "test", 0)
+    start = batch.x + 0.1
+    real = toy_task.polish_residual
+    calls = []
+
+    def flaky(x, ctx, y):  # the finite-difference calls of the first step return NaN
+        calls.append(1)
+        out = real(x, ctx, y)
+        return out * float("nan") if len(calls) in (2, 3, 4, 5) else out
+
+    monkeypatch.setattr(toy_task, "polish_residual", flaky)
+    x, _ = Polish(steps=1)(toy_task, start, batch.y, {})
+    assert torch.equal(x, start)
+    assert lowest(torch.tensor([[float("nan"), 2.0], [1.0, float("nan")], [3.0, 1.0]])).tolist() == [1, 2]

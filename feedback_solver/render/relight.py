@@ -188,7 +188,7 @@ class Batched:
         """(B, U) values of (B, 1, S, S) images at each sample's covered pixels (0 at the padding): what a residual
         over the object needs, without the background's zeros."""
         flat = torch.cat([images.flatten(1), images.new_zeros(len(images), 1)], 1)
-        return flat.gather(1, self.support)
+        return flat.gather(1, self.support.to(images.device))
 
     def rows(self, part: slice) -> "Batched":
         """A contiguous run of samples, as views (no copy)."""
