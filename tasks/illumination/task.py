@@ -122,11 +122,20 @@ class IlluminationTask(ObjectScenes, Task):
         pyrender's renders under task.forward=pyrender."""
         if self.forward_model == "pyrender":
             return self.render(x, ctx)
+        return self.relit(x, ctx, self.relit_shadows)
+
+    def relit(self, x: Tensor, ctx: dict[str, Any], shadows: bool) -> Tensor:
+        """The relit images under lights x, with or without the directional depth-map shadows."""
         self.check_light(x)
         if "scene" not in ctx:
             ctx["scene"] = self.scene(ctx)
-        lt, centre = self.lighting, torch.tensor([0.0, 0.0, -self.camera.distance])
-        return relight.relight(ctx["scene"], x, self.light, centre, lt.intensity, lt.albedo, self.relit_shadows)
+        lt = self.lighting
+        return relight.relight(ctx["scene"], x, self.light, self.centre, lt.intensity, lt.albedo, shadows)
+
+    @functools.cached_property
+    def centre(self) -> Tensor:
+        """The object's centre in camera axes."""
+        return torch.tensor([0.0, 0.0, -self.camera.distance])
 
     @functools.cached_property
     def relit_shadows(self) -> bool:
@@ -139,7 +148,12 @@ class IlluminationTask(ObjectScenes, Task):
         r = y_obs - y_pred
         if self.light == "point" or self.forward_model == "pyrender" or self.relit_shadows:
             return r.flatten(1).square().mean(1)
-        return torch.where(r > 0, r, r * math.sqrt(float(self.cfg.task.dark_weight))).flatten(1).square().mean(1)
+        return self.one_sided(r).flatten(1).square().mean(1)
+
+    def one_sided(self, r: Tensor) -> Tensor:
+        """Residuals (observation minus model) whose negative part, a pixel darker than the model, is weighted by
+        sqrt(task.dark_weight)."""
+        return torch.where(r > 0, r, r * math.sqrt(float(self.cfg.task.dark_weight)))
 
     def polish_residual(self, x: Tensor, ctx: dict[str, Any], y_obs: Tensor) -> Tensor:
         """What solver.polish minimises: for directional lights the observation minus the relit image without
@@ -147,15 +161,10 @@ class IlluminationTask(ObjectScenes, Task):
         shadow, or pyrender's shadow acne, which no model of ours draws exactly) weighted by sqrt(task.dark_weight);
         point lights cast no shadows."""
         if self.light == "point" or self.forward_model == "pyrender":
-            return self.forward(x, ctx) - y_obs
-        self.check_light(x)
-        if "scene" not in ctx:
-            ctx["scene"] = self.scene(ctx)
-        lt, centre = self.lighting, torch.tensor([0.0, 0.0, -self.camera.distance])
-        scene = ctx["scene"]
-        relit = relight.relight(scene, x, self.light, centre, lt.intensity, lt.albedo, shadows=False)
-        r = scene.gather(y_obs) - scene.gather(relit)  # the object's pixels only: elsewhere both images are black
-        return torch.where(r < 0, r * math.sqrt(float(self.cfg.task.dark_weight)), r)
+            return super().polish_residual(x, ctx, y_obs)
+        relit = self.relit(x, ctx, shadows=False)
+        scene = ctx["scene"]  # the object's pixels only: elsewhere both images are black
+        return self.one_sided(scene.gather(y_obs) - scene.gather(relit))
 
     def scene(self, ctx: dict[str, Any]) -> relight.Batched:
         """The samples' geometry buffers (and shadow casters for directional lights), rasterised once."""
