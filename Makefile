@@ -10,7 +10,7 @@ EXAMPLES := $(VENV)/.examples
 # that Mitsuba's CPU backend needs (Mesa's LLVM 15 crashes it)
 SYSTEM_PACKAGES := assimp-testmodels libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 libllvm19
 
-.PHONY: demo test stress system install clean
+.PHONY: demo test stress system install clean robosuite
 
 demo: install
 	$(BIN)/fbsolve demo --out out/demo
@@ -21,6 +21,10 @@ test: install $(EXAMPLES)
 # the distributed tests 20 times in a row beside a CPU-bound load (a race shows up as a rare failure); not in `test`
 stress: install
 	$(BIN)/python benchmarks/stress_distributed.py --runs 20 --load 1
+
+# robosuite's meshes (about 160 MB download; only `fbsolve train pose` and `--split val_unseen` need them)
+robosuite: install
+	$(BIN)/python -m feedback_solver.render.robosuite fetch
 
 install: system $(STAMP)
 

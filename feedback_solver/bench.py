@@ -219,8 +219,8 @@ def run_bench(task: Task, cfg: DictConfig, out: str | os.PathLike, methods: list
                          f"choose from {sorted(optimisers(task))}")
     samples = samples or cfg.bench.samples
     seed = cfg.seed if seed is None else seed
-    if split not in ("val", "test"):
-        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+    if split == "train" or split not in task.splits:
+        raise ValueError(f"split must be one of {[s for s in task.splits if s != 'train']}, got {split!r}")
     batch = task.sample(samples, split, seed)  # every rank draws the same set, then works on its own chunks
     subset = batch.index(slice(0, min(cfg.bench.slow_samples, len(batch))))
     metric = primary_metric(task, cfg, batch)

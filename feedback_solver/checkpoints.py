@@ -140,3 +140,46 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"training state {path} is not a feedback_solver training state; delete it to start afresh")
     return state
+
+
+def repeat_last_stage(src: str | os.PathLike, dst: str | os.PathLike, task: str, steps: int) -> Path:
+    """A stage-wise checkpoint run for more steps: its last stage's net copied into the new ones, which is what a
+    solve past the trained step count does (`StageNets.net`), made the checkpoint's own count; a later training run
+    (train.init_from) can fine-tune the copies."""
+    tensors, cfg, meta = read_model(src, task)
+    trained = int(cfg.solver.steps)
+    if str(cfg.solver.mode) != "stagewise" or steps <= trained:
+        raise ValueError(f"checkpoint {src}: only a stage-wise checkpoint can be extended, to more than its {trained} "
+                         f"steps (asked: {steps}, mode {cfg.solver.mode})")
+    last = f"stages.nets.{trained - 1}."
+    out = dict(tensors)
+    for t in range(trained, steps):
+        out |= {f"stages.nets.{t}." + k.removeprefix(last): v.clone() for k, v in tensors.items() if k.startswith(last)}
+    cfg.solver.steps = steps
+    meta = meta | {"extended": f"stages {trained}..{steps - 1} are copies of stage {trained - 1} (from {Path(src)})"}
+    header = {"format": FORMAT, "task": task, "config": OmegaConf.to_yaml(cfg), "meta": json.dumps(meta)}
+    return write_sealed(dst, out, header)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m feedback_solver.checkpoints", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("repeat-last-stage", help="run a stage-wise checkpoint for more steps (last stage copied)")
+    r.add_argument("task")
+    r.add_argument("src")
+    r.add_argument("dst")
+    r.add_argument("--steps", type=int, required=True)
+    args = p.parse_args(argv)
+    try:
+        print(repeat_last_stage(args.src, args.dst, args.task, args.steps))
+    except (FileNotFoundError, ValueError) as err:
+        print(f"checkpoints: {one_line(err)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -61,8 +61,9 @@ def base_parser() -> Parser:
     b.add_argument("--methods", help="comma-separated methods (default: bench.methods)")
     b.add_argument("--seed", type=count(0), help="test sampling seed (default: seed)")
     b.add_argument("--checkpoints", help="folder of <variant>.safetensors (default: the task's shipped ones)")
-    b.add_argument("--split", choices=("test", "val"), default="test",
-                   help="val: the validation split, for choosing checkpoints or settings without the test data")
+    b.add_argument("--split", default="test",
+                   help="val (or a task's own validation split, e.g. pose's val_unseen): for choosing checkpoints or "
+                        "settings without the test data")
     b.add_argument("--merge", action="store_true",
                    help="add these methods to the report already in --out (same samples and seed)")
     d = sub.add_parser("demo", help="solve and benchmark every task with its shipped checkpoints")

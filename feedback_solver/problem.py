@@ -130,9 +130,12 @@ class Problem(ABC):
 class Data(ABC):
     """The data: samples of every split, deterministic per seed, and the starts a solve begins from."""
 
+    #: the splits `sample` draws; a task may add validation splits of its own (pose: val_unseen, unseen robots)
+    splits: tuple[str, ...] = ("train", "val", "test")
+
     @abstractmethod
     def sample(self, n: int, split: str, seed: int) -> Batch:
-        """n samples (y, true x, ctx) of split train, val or test."""
+        """n samples (y, true x, ctx) of one of `splits` (train, val, test, ...)."""
 
     @abstractmethod
     def initial(self, batch: Batch) -> Tensor:

@@ -76,8 +76,9 @@ class SilhouetteRenderer:
 
     pyrender's every render walks all nodes of the scene (sorting, context checks: about 25 us each here), so with
     hundreds of registered meshes (training's procedural shapes) that walk, not the raster, set the cost. Only the
-    `resident` most recently drawn meshes stay in the scene, and a batch is drawn grouped by mesh; a mesh that leaves
-    the scene is uploaded again when it comes back.
+    `resident` most recently drawn meshes stay in the scene, and a batch is drawn grouped by mesh. pyrender would
+    free the buffers of a mesh that leaves the scene and upload it again when it comes back, which with more meshes
+    in a batch than `resident` is every pass; `keep_uploaded` stops that, so a mesh is uploaded once.
     """
 
     def __init__(self, camera: Camera = Camera(), resident: int = 32):
@@ -89,11 +90,31 @@ class SilhouetteRenderer:
         self.meshes: dict[Hashable, Any] = {}
         self.resident = max(1, int(resident))
         self.in_scene: OrderedDict[Hashable, Any] = OrderedDict()
+        self.uploaded: set[Any] = set()  # pyrender meshes whose buffers live in the context
 
     def add_mesh(self, key: Hashable, mesh: trimesh.Trimesh) -> None:
         """Register a mesh once (a no-op for a known key); later renders refer to it by key."""
         if key not in self.meshes:
             self.meshes[key] = self.pyrender.Mesh.from_trimesh(mesh, smooth=False)
+
+    def forget(self, key: Hashable) -> None:
+        """Drop a registered mesh and its buffers (a no-op for an unknown key)."""
+        if key in self.in_scene:
+            self.scene.remove_node(self.in_scene.pop(key))
+        mesh = self.meshes.pop(key, None)
+        if mesh in self.uploaded:
+            self.uploaded.discard(mesh)
+            for p in mesh.primitives:
+                p.delete()
+
+    def keep_uploaded(self) -> None:
+        """Before a render: pyrender's renderer frees the meshes of its context missing from the scene and uploads
+        the scene's that are not in it; its context (a private field of pyrender 0.1.45, which setup.cfg pins) is
+        set to the scene's meshes already uploaded, so it frees none and uploads only new ones."""
+        renderer = self.gl._renderer  # noqa: SLF001 - pyrender has no public switch for this
+        if renderer is not None:
+            self.uploaded |= renderer._meshes  # noqa: SLF001
+            renderer._meshes = self.uploaded & self.scene.meshes  # noqa: SLF001
 
     def node(self, key: Hashable) -> Any:
         """The mesh's node in the scene, added where needed; the least recently drawn ones beyond `resident` leave."""
@@ -113,6 +134,7 @@ class SilhouetteRenderer:
         flags = self.pyrender.RenderFlags.SEG
         for key, rows in group_by_key(keys).items():
             node = self.node(key)
+            self.keep_uploaded()
             for i in rows:
                 self.scene.set_pose(node, mats[i])
                 color, _ = self.gl.render(self.scene, flags=flags, seg_node_map={node: (255, 255, 255)})

@@ -6,7 +6,9 @@ a user's folder (`task.user_meshes`, set by `bench --meshes`) replaces the test 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import hashlib
+import os
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Callable
@@ -17,6 +19,7 @@ import trimesh
 from omegaconf import DictConfig
 from torch import Tensor
 
+from feedback_solver.render import robosuite
 from feedback_solver.render.gl import Camera
 from feedback_solver.render.mesh import load_mesh, mesh_folder
 from feedback_solver.render.parallel import render_parallel
@@ -34,7 +37,9 @@ def data_root() -> Path:
 
 
 def resolve(name: str) -> Path:
-    """A config entry: a path relative to pybullet_data, or an absolute path to a user's mesh."""
+    """A config entry: a path relative to pybullet_data, `robosuite:<path>` (fetched meshes), or an absolute path."""
+    if name.startswith(robosuite.PREFIX):
+        return robosuite.resolve(name)
     path = Path(name)
     return path if path.is_absolute() else data_root() / path
 
@@ -55,10 +60,93 @@ def procedural(count: int) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class Proxy:
+    """The solver's own stand-in for a dense mesh: decimated to `faces` (1.5x more until its silhouettes match the
+    full mesh's to IoU >= `iou` in every view of the check), so a solve's renders cost the same whatever the mesh;
+    observations stay renders of the full mesh."""
+
+    name: str
+    faces: int
+    iou: float
+    camera: Camera
+
+
 @cache
-def mesh(name: str) -> trimesh.Trimesh:
-    """Loaded and normalised once per process."""
-    return load_mesh(resolve(name))
+def mesh(key: str | Proxy) -> trimesh.Trimesh:
+    """Loaded and normalised (or decimated, for a `Proxy`) once per process."""
+    if isinstance(key, Proxy):
+        return proxy_mesh(key)
+    return load_mesh(resolve(key))
+
+
+def proxy_mesh(key: Proxy) -> trimesh.Trimesh:
+    """The mesh itself when it has at most `faces` faces, else its decimated proxy (cached on disk)."""
+    full = mesh(key.name)
+    if len(full.faces) <= key.faces:
+        return full
+    path = proxy_cache(key, full)
+    if path.is_file():
+        with np.load(path) as z:
+            return trimesh.Trimesh(z["vertices"], z["faces"], process=False)
+    merged = trimesh.Trimesh(np.asarray(full.vertices), np.asarray(full.faces))  # one vertex per position: the
+    merged.merge_vertices(digits_vertex=6)  # decimation collapses edges across an OBJ's texture seams
+    faces = key.faces
+    while faces < len(merged.faces):
+        small = decimate(merged, faces)
+        if silhouette_iou(full, small, key.camera).min() >= key.iou:
+            break
+        faces = faces * 3 // 2
+    else:
+        small = full
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # written whole, then renamed: never half a file
+    np.savez(tmp, vertices=np.asarray(small.vertices), faces=np.asarray(small.faces))
+    os.replace(tmp, path)
+    return small
+
+
+def decimate(mesh: trimesh.Trimesh, faces: int) -> trimesh.Trimesh:
+    """Quadric edge-collapse decimation to `faces` faces (fast_simplification; trimesh's wrapper would re-process
+    the result)."""
+    import fast_simplification
+
+    v, f = fast_simplification.simplify(np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces),
+                                        target_count=faces)
+    return trimesh.Trimesh(v, f, process=False)
+
+
+def proxy_cache(key: Proxy, full: trimesh.Trimesh) -> Path:
+    """The proxy's file: named by the full mesh's geometry and the proxy's settings, so a changed file is redone."""
+    digest = hashlib.sha1(np.asarray(full.vertices, dtype=np.float64).tobytes()
+                          + np.asarray(full.faces, dtype=np.int64).tobytes()
+                          + repr((key.faces, key.iou, key.camera)).encode()).hexdigest()[:20]
+    folder = robosuite.data_home() / "proxies"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{digest}.npz"
+
+
+def check_views(count: int = 24) -> Tensor:
+    """The views of the proxy check: `count` rotations uniform over SO(3) (seeded), at the canonical offset."""
+    gen = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(count, 4, generator=gen), dim=1)
+    return torch.cat([q, torch.zeros(count, 3)], 1)
+
+
+def silhouette_iou(a: trimesh.Trimesh, b: trimesh.Trimesh, camera: Camera, views: Tensor | None = None) -> np.ndarray:
+    """Per-view IoU of two meshes' silhouettes under the same poses (default: `check_views()`)."""
+    from feedback_solver.render.gl import renderer
+
+    views = check_views() if views is None else views
+    gl = renderer(camera)  # the process's one GL context (a second one's teardown would end the EGL display)
+    keys = (("iou-check", "a"), ("iou-check", "b"))
+    for key, m in zip(keys, (a, b)):
+        gl.forget(key)
+        gl.add_mesh(key, m)
+    ma, mb = (gl.render_array([key] * len(views), views) for key in keys)
+    for key in keys:
+        gl.forget(key)
+    union = (ma | mb).sum((1, 2))
+    return (ma & mb).sum((1, 2)) / np.maximum(union, 1)
 
 
 @cache
@@ -72,40 +160,50 @@ def label(name: str) -> str:
     return Path(name).name if Path(name).is_absolute() else name
 
 
-def check_disjoint(train: list[str], test: list[str]) -> None:
+def check_disjoint(train: list[str], test: list[str], other: str = "test") -> None:
     both = sorted(set(train) & set(test))
     if both:
-        raise ValueError(f"objects in both the train and the test split: {both}; the split is by object")
+        raise ValueError(f"objects in both the train and the {other} split: {both}; the split is by object")
 
 
 @dataclass
 class ObjectSplit:
-    """The vision tasks' objects by split: real train meshes (+ procedural shapes) and real test meshes, never
-    shared; a user's folder (`bench --meshes`) replaces the test objects."""
+    """The vision tasks' objects by split: real train meshes (pybullet_data's, and robosuite's where the task takes
+    them; + procedural shapes), the unseen robots' meshes (val_unseen) and real test meshes, never shared; a user's
+    folder (`bench --meshes`) replaces the test objects."""
 
     train: list[str]
     test: list[str]
     procedural: int = 0
     user: list[str] | None = None
     real_fraction: float | None = None
+    unseen: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         check_disjoint(self.train, self.test)
+        check_disjoint(self.train, self.unseen, "val_unseen")
         if self.real_fraction is not None and not 0.0 <= self.real_fraction <= 1.0:
             raise ValueError(f"task.real_fraction must lie in [0, 1], got {self.real_fraction}")
 
     @classmethod
     def from_config(cls, t: DictConfig) -> "ObjectSplit":
+        """pybullet_data's meshes from the config, robosuite's from its manifest when `task.robosuite.enabled`."""
         fraction, folder = t.get("real_fraction"), str(t.get("user_meshes") or "")
-        return cls([str(m) for m in t.train_meshes], [str(m) for m in t.test_meshes], int(t.procedural),
-                   user_meshes(folder) if folder else None, None if fraction is None else float(fraction))
+        extra = robosuite.load_manifest() if t.get("robosuite") and t.robosuite.get("enabled") else {}
+        return cls([str(m) for m in t.train_meshes] + extra.get("train", []), [str(m) for m in t.test_meshes],
+                   int(t.procedural), user_meshes(folder) if folder else None,
+                   None if fraction is None else float(fraction), extra.get("val_unseen", []))
 
     def names(self, split: str) -> list[str]:
         if split in ("train", "val"):
             return self.train + procedural(self.procedural)
         if split == "test":
             return self.user or self.test
-        raise ValueError(f"split must be train, val or test, got {split!r}")
+        if split == "val_unseen" and self.unseen:
+            return self.unseen
+        if split == "val_unseen":
+            raise ValueError("the val_unseen split (robosuite's held-out robots) needs task.robosuite.enabled=true")
+        raise ValueError(f"split must be train, val, val_unseen or test, got {split!r}")
 
     def weighted(self, split: str) -> bool:
         """Whether `real_fraction` applies: train/val with procedural shapes beside the real meshes."""
@@ -124,7 +222,12 @@ class ObjectSplit:
         return [self.train[int(a)] if k else extra[int(b)] for k, a, b in zip(real, r, p)]
 
     def source(self, split: str) -> str:
-        return "user meshes" if split == "test" and self.user else "pybullet_data"
+        if split == "test" and self.user:
+            return "user meshes"
+        if split == "val_unseen":
+            return f"robosuite {robosuite.VERSION}: robots and hands no training run sees"
+        extra = sum(n.startswith(robosuite.PREFIX) for n in self.train)
+        return f"pybullet_data + {extra} robosuite meshes" if extra and split != "test" else "pybullet_data"
 
 
 def user_mesh(path: str | Path) -> str:
@@ -164,11 +267,20 @@ class ObjectScenes:
         """Per-object rows in the report: the test objects differ far more than a mean shows."""
         return [label(n) for n in batch.ctx["mesh"]]
 
-    def render_objects(self, factory: Callable[[], Any], names: list[str], params: Tensor,
+    def solver_meshes(self, names: list[str]) -> list[str | Proxy]:
+        """What the solver's own renders draw: each mesh's proxy (`task.proxy_faces`; 0: the mesh itself)."""
+        t = self.cfg.task
+        faces = int(t.get("proxy_faces") or 0)
+        return [Proxy(n, faces, float(t.proxy_iou), self.camera) for n in names] if faces else list(names)
+
+    def render_objects(self, factory: Callable[[], Any], names: list[str | Proxy], params: Tensor,
                        method: str = "render_array") -> np.ndarray:
         """`factory()`'s `method` for each sample's object: in `task.render_workers` processes for a big batch."""
         workers = int(self.cfg.task.render_workers)
         if workers > 1 and len(names) >= 4 * workers:
+            for key in set(names):  # proxies are made (and cached on disk) here once, not by each worker
+                if isinstance(key, Proxy):
+                    mesh(key)
             return render_parallel(factory, workers, mesh, names, params, method)
         gl = factory()
         for name in set(names):

@@ -35,7 +35,7 @@ from feedback_solver.spaces import Shell
 from tasks.illumination import mitsuba, options
 from tasks.illumination.nets import LightInitializer, light_update
 
-SPLIT_OFFSETS = {"train": 0, "val": 5_555_555, "test": 9_999_991}
+SPLIT_OFFSETS = {"train": 0, "val": 5_555_555, "val_unseen": 7_777_777, "test": 9_999_991}
 BACKGROUND_DEPTH = 1.5  # depth-head target off the object (object depths are within +-1 of its centre)
 SHADOW_POINTS = 16_384  # surface points per mesh that cast the relit directional shadows
 
@@ -44,6 +44,7 @@ class IlluminationTask(ObjectScenes, Task):
     """One light of a known kind lighting a known mesh; `settings()` gives the point and the directional task."""
 
     name = "illumination"
+    splits = tuple(SPLIT_OFFSETS)  # val_unseen: robosuite's held-out robots, with task.robosuite.enabled=true
     mitsuba = staticmethod(mitsuba.optimise)
     cli_options = staticmethod(options.add_cli_options)
 

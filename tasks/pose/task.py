@@ -24,7 +24,7 @@ from feedback_solver.spaces import QuaternionTranslation, degrees
 from tasks.pose import mitsuba, options
 from tasks.pose.nets import PoseInitializer, pose_update
 
-SPLIT_OFFSETS = {"train": 0, "val": 5_555_555, "test": 9_999_991}
+SPLIT_OFFSETS = {"train": 0, "val": 5_555_555, "val_unseen": 7_777_777, "test": 9_999_991}
 # A mirror of the scene in a camera axis through the principal point (the image centre): the sign it puts on the
 # pose (quaternion XYZW: M R M for M = diag(-1, 1, 1) or diag(1, -1, 1); translation: M t) and the image axis it
 # flips (width for x, height for y, whose rows run top to bottom, i.e. along -y).
@@ -63,6 +63,7 @@ class PoseTask(ObjectScenes, Task):
     """Pose of a known mesh relative to its canonical pose (centred, 4 units in front of the camera)."""
 
     name = "pose"
+    splits = tuple(SPLIT_OFFSETS)  # val_unseen: robosuite's held-out robots and hands (`task.robosuite`)
     differentiable = False
     mitsuba = staticmethod(mitsuba.optimise)  # the seed's differentiable-renderer baseline
     cli_options = staticmethod(options.add_cli_options)
@@ -79,8 +80,12 @@ class PoseTask(ObjectScenes, Task):
         return self._space
 
     def forward(self, x: Tensor, ctx: dict[str, Any]) -> Tensor:
-        """Binary silhouettes (B x 1 x S x S) of each sample's mesh under its pose."""
-        masks = self.render_objects(partial(renderer, self.camera), ctx["mesh"], x)
+        """The solver's renders: binary silhouettes (B x 1 x S x S) of each sample's mesh proxy under its pose, whose
+        cost does not grow with the mesh's faces (`task.proxy_faces`)."""
+        return self.silhouettes(x, self.solver_meshes(ctx["mesh"]))
+
+    def silhouettes(self, x: Tensor, meshes: list) -> Tensor:
+        masks = self.render_objects(partial(renderer, self.camera), meshes, x)
         return SilhouetteRenderer.decode(masks).to(x.device)
 
     # --- data ----------------------------------------------------------------------------------
@@ -99,7 +104,7 @@ class PoseTask(ObjectScenes, Task):
         names = self.objects.pick(n, split, gen)
         x = self.random_poses(n, gen)
         ctx = {"mesh": names}
-        return Batch(self.forward(x, ctx), x, ctx)
+        return Batch(self.silhouettes(x, names), x, ctx)  # observed: the full meshes
 
     def initial(self, batch: Batch) -> Tensor:
         x = torch.zeros(len(batch), 7, device=batch.y.device)

@@ -16,7 +16,8 @@ from tasks.pose import mitsuba  # noqa: E402
 @pytest.fixture(scope="module")
 def task():
     cls = registry.task_class("pose")
-    return cls(load_config(cls, ["task.procedural=0", "task.render_workers=0", "baselines.max_iterations=40"]))
+    return cls(load_config(cls, ["task.procedural=0", "task.robosuite.enabled=false", "task.render_workers=0",
+                                 "baselines.max_iterations=40"]))
 
 
 def test_mitsuba_silhouette_matches_pyrender(task):

@@ -30,7 +30,7 @@ CKPT = REPO / "tasks" / "pose" / "checkpoints"
 @pytest.fixture(scope="module")
 def task():
     cls = registry.task_class("pose")
-    return cls(load_config(cls, ["task.procedural=0"]))
+    return cls(load_config(cls, ["task.procedural=0", "task.robosuite.enabled=false"]))
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +71,8 @@ def test_every_test_object_is_in_view_at_the_extremes(task):
 
 def test_render_workers_give_the_in_process_silhouettes_in_order(task, test_batch):
     cls = registry.task_class("pose")
-    single = cls(load_config(cls, ["task.procedural=0", "task.render_workers=0"]))
-    parallel = cls(load_config(cls, ["task.procedural=0", "task.render_workers=2"]))
+    single = cls(load_config(cls, ["task.procedural=0", "task.robosuite.enabled=false", "task.render_workers=0"]))
+    parallel = cls(load_config(cls, ["task.procedural=0", "task.robosuite.enabled=false", "task.render_workers=2"]))
     x, ctx = test_batch.x[:16], {"mesh": test_batch.ctx["mesh"][:16]}
     assert torch.equal(parallel.forward(x, ctx), single.forward(x, ctx))
 
@@ -238,6 +238,12 @@ def test_cli_names_a_mesh_that_does_not_load(tmp_path):
 
 
 # --- shipped checkpoints ---------------------------------------------------------------------------------------
+def test_the_shipped_checkpoints_are_present():
+    """A missing checkpoint fails here (and in the tests below), never skips."""
+    for variant in ("feedback", "feedback_shared", "regression"):
+        assert (CKPT / f"{variant}.safetensors").is_file(), f"shipped checkpoint {variant}.safetensors is missing"
+
+
 def test_shipped_solver_beats_regression_and_damping_never_raises_the_energy(task, test_batch):
     fb = FeedbackSolver.from_checkpoint(task).solve(test_batch.y, test_batch.ctx)
     reg = FeedbackSolver.from_checkpoint(task, "regression").init(test_batch.y, test_batch.ctx)
