@@ -131,3 +131,27 @@ def test_missing_opengl_names_the_packages_and_the_platform_variable():
         pytest.skip("this machine has OSMesa, so the OSMesa platform works")
     last = proc.stderr.strip().splitlines()[-1]
     assert "OpenGLUnavailable" in last and "libegl1 libegl-mesa0" in last and "PYOPENGL_PLATFORM=egl" in last
+
+
+def test_silhouettes_of_the_smooth_meshes_are_the_flat_ones_and_stay_uploaded():
+    """The renderer draws meshes with shared vertices (faster); a silhouette reads no normal, so the masks are the
+    flat-shaded mesh's pixel for pixel; and a mesh that left the scene keeps its buffers (uploaded once)."""
+    from feedback_solver.render.objects import check_views, mesh
+
+    gl = renderer(Camera())
+    views = check_views(24)
+    for name in ("duck.obj", "objects/mug.obj", "husky/meshes/base_link.stl"):
+        gl.add_mesh(("smooth", name), mesh(name))
+        gl.meshes[("flat", name)] = gl.pyrender.Mesh.from_trimesh(mesh(name), smooth=False)
+        a = gl.render_array([("smooth", name)] * len(views), views)
+        b = gl.render_array([("flat", name)] * len(views), views)
+        assert a.any() and np.array_equal(a, b), name
+    pushed = [("push", i) for i in range(gl.resident + 2)]  # more meshes than the scene keeps
+    for key in pushed:
+        gl.add_mesh(key, mesh("objects/mug.obj"))
+    gl.render_array(pushed, views[:1].repeat(len(pushed), 1))
+    assert ("push", 0) not in gl.in_scene and gl.meshes[("push", 0)] in gl.uploaded
+    assert all(p._in_context() for p in gl.meshes[("push", 0)].primitives)  # its buffers were not freed
+    for key in pushed + [(k, n) for k in ("smooth", "flat") for n in ("duck.obj", "objects/mug.obj",
+                                                                      "husky/meshes/base_link.stl")]:
+        gl.forget(key)

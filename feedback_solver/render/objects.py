@@ -60,6 +60,9 @@ def procedural(count: int) -> list[str]:
     return out
 
 
+WELD = 0.002  # proxies: the grid their vertices are welded to before decimation (`weld`)
+
+
 @dataclass(frozen=True)
 class Proxy:
     """The solver's own stand-in for a dense mesh: decimated to `faces` (1.5x more until its silhouettes match the
@@ -89,8 +92,7 @@ def proxy_mesh(key: Proxy) -> trimesh.Trimesh:
     if path.is_file():
         with np.load(path) as z:
             return trimesh.Trimesh(z["vertices"], z["faces"], process=False)
-    merged = trimesh.Trimesh(np.asarray(full.vertices), np.asarray(full.faces))  # one vertex per position: the
-    merged.merge_vertices(digits_vertex=6)  # decimation collapses edges across an OBJ's texture seams
+    merged = weld(full)
     faces = key.faces
     while faces < len(merged.faces):
         small = decimate(merged, faces)
@@ -103,6 +105,17 @@ def proxy_mesh(key: Proxy) -> trimesh.Trimesh:
     np.savez(tmp, vertices=np.asarray(small.vertices), faces=np.asarray(small.faces))
     os.replace(tmp, path)
     return small
+
+
+def weld(mesh: trimesh.Trimesh, cell: float = WELD) -> trimesh.Trimesh:
+    """Vertices snapped to a grid of `cell` (unit-radius meshes: 0.08 px at 128 px) and merged, degenerate and
+    repeated faces dropped: one vertex per position, so that the decimation collapses edges across an OBJ's texture
+    seams and a mesh's cracks instead of stalling at them."""
+    out = trimesh.Trimesh(np.round(np.asarray(mesh.vertices) / cell) * cell, np.asarray(mesh.faces))
+    out.update_faces(out.nondegenerate_faces())
+    out.update_faces(out.unique_faces())
+    out.remove_unreferenced_vertices()
+    return out
 
 
 def decimate(mesh: trimesh.Trimesh, faces: int) -> trimesh.Trimesh:
@@ -119,7 +132,7 @@ def proxy_cache(key: Proxy, full: trimesh.Trimesh) -> Path:
     """The proxy's file: named by the full mesh's geometry and the proxy's settings, so a changed file is redone."""
     digest = hashlib.sha1(np.asarray(full.vertices, dtype=np.float64).tobytes()
                           + np.asarray(full.faces, dtype=np.int64).tobytes()
-                          + repr((key.faces, key.iou, key.camera)).encode()).hexdigest()[:20]
+                          + repr((key.faces, key.iou, key.camera, WELD)).encode()).hexdigest()[:20]
     folder = robosuite.data_home() / "proxies"
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{digest}.npz"
