@@ -211,4 +211,4 @@ def test_fbsolve_bench_split_val_runs_on_the_validation_samples_and_says_so(cli_
     assert "(val split" in (out / "toy.md").read_text()
     assert val["methods"]["feedback"]["metrics"] != test["methods"]["feedback"]["metrics"]
     bad = fbsolve("bench", "toy", "--split", "train", cwd=cli_run["root"], check=False)
-    assert bad.returncode != 0 and "invalid choice: 'train'" in bad.stderr
+    assert bad.returncode == 2 and "split must be one of ['val', 'test'], got 'train'" in bad.stderr

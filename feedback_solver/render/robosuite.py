@@ -239,9 +239,10 @@ def _copy(name: str, pool: Shapes, tests: Shapes, below: float, prefilter: float
 def manifest(cfg_path: Path, out: Path = MANIFEST) -> Path:
     """Write the manifest from the pose config's `task.robosuite` rules: the train and val_unseen lists, and what
     was left out and why."""
+    import pybullet_data
     from omegaconf import OmegaConf
 
-    from feedback_solver.render.objects import mesh
+    from feedback_solver.render.mesh import load_mesh
 
     task = OmegaConf.load(cfg_path).task
     rules = OmegaConf.to_container(task.robosuite)
@@ -249,10 +250,11 @@ def manifest(cfg_path: Path, out: Path = MANIFEST) -> Path:
     meshes = {}
     for n in names:
         try:
-            meshes[n] = mesh(PREFIX + n)
+            meshes[n] = load_mesh(resolve(PREFIX + n))
         except ValueError as err:
             print(f"skipped {n}: {err}", file=sys.stderr)
-    choices = choose(names, Shapes.of(meshes), Shapes.of({str(t): mesh(str(t)) for t in task.test_meshes}), rules)
+    tests = {str(t): load_mesh(Path(pybullet_data.getDataPath()) / str(t)) for t in task.test_meshes}
+    choices = choose(names, Shapes.of(meshes), Shapes.of(tests), rules)
     unseen = set(rules["val_unseen"])
     for c in choices:  # like the test objects, val_unseen holds only meshes whose pose a silhouette can fix
         if c.kept and c.symmetric and c.group in unseen:
