@@ -119,7 +119,7 @@ def write_report(out: Path, r: dict) -> None:
     lines += ["", "![median rotation error per object](pose_unseen.png)", ""]
     (out / "pose_unseen.md").write_text("\n".join(lines))
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    for i, (split, v) in enumerate(r["splits"].items()):
+    for split, v in r["splits"].items():
         med = sorted(g["rotation_deg median"] for g in v["groups"].values())
         ax.plot(np.linspace(0, 1, len(med)), med, marker="o", ms=3, label=f"{split} ({len(med)} objects)")
     ax.set_xlabel("objects, sorted by median error (fraction)")
