@@ -16,6 +16,7 @@ import trimesh
 from feedback_solver.render import Camera, load_mesh, normalise, renderer
 
 CAM = Camera()
+KEPT: list = []
 
 
 @pytest.fixture(scope="module")
@@ -76,22 +77,21 @@ def test_masks_are_binary_batched_and_on_the_poses_device(gl):
     assert not torch.equal(masks[0], masks[1]), "each sample draws only its own mesh"
 
 
-def test_meshes_beyond_the_resident_few_leave_the_scene_and_render_the_same(gl):
-    """Many registered meshes (training's procedural shapes) keep the scene small; the masks do not change."""
+def test_a_mixed_batch_past_one_texture_array_renders_as_each_mask_alone(gl):
+    """Masks of many meshes, more than one texture array's layers hold, come back in order, unmixed, and the same
+    pixels as each sample drawn alone (a mask does not depend on its batch)."""
     shapes = {"ball": trimesh.creation.icosphere(subdivisions=3), "beam": trimesh.creation.box(extents=(2, .4, .4)),
               "plate": trimesh.creation.box(extents=(2, 2, .2)), "rod": trimesh.creation.cylinder(.2, 2.0)}
     for key, mesh in shapes.items():
         gl.add_mesh(key, normalise(mesh))
-    keys = ["rod", "ball", "plate", "beam", "rod", "plate", "ball", "beam"]
+    n = gl.layers + 5
+    keys = [list(shapes)[i % 4] for i in range(n)]
     poses = torch.cat([pose(q=tuple(roma.rotvec_to_unitquat(torch.tensor([0.3 * i, 0.2, 0.1])).tolist()),
-                            t=(0.05 * i, 0, 0)) for i in range(len(keys))])
-    every = gl.render(keys, poses)
-    resident, gl.resident = gl.resident, 2  # one GL context per process: the shared renderer, its limit lowered
-    try:
-        assert torch.equal(gl.render(keys, poses), every)
-        assert len(gl.scene.mesh_nodes) == 2 and list(gl.in_scene) == ["plate", "beam"]  # drawn by mesh
-    finally:
-        gl.resident = resident
+                            t=(0.6 * math.sin(i), 0.6 * math.cos(i), 0)) for i in range(n)])  # some leave the image
+    batch = gl.render_array(keys, poses)
+    alone = np.concatenate([gl.render_array(keys[i:i + 1], poses[i:i + 1]) for i in range(n)])
+    assert batch.shape == (n, CAM.size, CAM.size) and np.array_equal(batch, alone)
+    assert len({m.tobytes() for m in batch}) > n // 2
 
 
 def test_unknown_mesh_key_and_mismatched_batch_are_refused(gl):
@@ -133,25 +133,39 @@ def test_missing_opengl_names_the_packages_and_the_platform_variable():
     assert "OpenGLUnavailable" in last and "libegl1 libegl-mesa0" in last and "PYOPENGL_PLATFORM=egl" in last
 
 
-def test_silhouettes_of_the_smooth_meshes_are_the_flat_ones_and_stay_uploaded():
-    """The renderer draws meshes with shared vertices (faster); a silhouette reads no normal, so the masks are the
-    flat-shaded mesh's pixel for pixel; and a mesh that left the scene keeps its buffers (uploaded once)."""
+def test_masks_are_pyrenders_segmentation_masks_and_forgotten_meshes_leave():
+    """The layered renderer draws what pyrender's SEG mode draws (one image a call), pixel for pixel, in views all
+    round and off-centre; a forgotten mesh frees its buffers and is refused."""
+    from feedback_solver.render.gl import intrinsics, object_to_camera, offscreen
     from feedback_solver.render.objects import check_views, mesh
 
-    gl = renderer(Camera())
+    gl = renderer(CAM)
     views = check_views(24)
-    for name in ("duck.obj", "objects/mug.obj", "husky/meshes/base_link.stl"):
-        gl.add_mesh(("smooth", name), mesh(name))
-        gl.meshes[("flat", name)] = gl.pyrender.Mesh.from_trimesh(mesh(name), smooth=False)
-        a = gl.render_array([("smooth", name)] * len(views), views)
-        b = gl.render_array([("flat", name)] * len(views), views)
-        assert a.any() and np.array_equal(a, b), name
-    pushed = [("push", i) for i in range(gl.resident + 2)]  # more meshes than the scene keeps
-    for key in pushed:
-        gl.add_mesh(key, mesh("objects/mug.obj"))
-    gl.render_array(pushed, views[:1].repeat(len(pushed), 1))
-    assert ("push", 0) not in gl.in_scene and gl.meshes[("push", 0)] in gl.uploaded
-    assert all(p._in_context() for p in gl.meshes[("push", 0)].primitives)  # its buffers were not freed
-    for key in pushed + [(k, n) for k in ("smooth", "flat") for n in ("duck.obj", "objects/mug.obj",
-                                                                      "husky/meshes/base_link.stl")]:
-        gl.forget(key)
+    views[:, 4:] = torch.linspace(-0.3, 0.3, 24)[:, None]
+    names = ("duck.obj", "objects/mug.obj", "husky/meshes/base_link.stl")
+    reference = offscreen(CAM)
+    KEPT.append(reference)  # never deleted: pyrender's teardown of a context ends the process's EGL display
+    pyrender = gl_module().import_pyrender()
+    differ, total = 0, 0
+    for name in names:
+        gl.add_mesh(("pyrender", name), mesh(name))
+        ours = gl.render_array([("pyrender", name)] * len(views), views)
+        scene = pyrender.Scene(bg_color=(0, 0, 0, 0))
+        scene.add(intrinsics(CAM), pose=np.eye(4))
+        node = scene.add(pyrender.Mesh.from_trimesh(mesh(name), smooth=True))
+        for view, mat in zip(ours, object_to_camera(views, CAM.distance)):
+            scene.set_pose(node, mat)
+            colour, _ = reference.render(scene, flags=pyrender.RenderFlags.SEG, seg_node_map={node: (255, 255, 255)})
+            differ, total = differ + int(((colour[..., 0] > 127) != view).sum()), total + view.size
+        assert ours.any((1, 2)).all(), name
+    assert differ == 0, f"{differ} of {total} pixels differ from pyrender's"
+    for name in names:
+        gl.forget(("pyrender", name))
+    with pytest.raises(KeyError, match="never added"):
+        gl.render_array([("pyrender", names[0])], views[:1])
+
+
+def gl_module():
+    from feedback_solver.render import gl as module
+
+    return module

@@ -60,7 +60,7 @@ def procedural(count: int) -> list[str]:
     return out
 
 
-WELD = 0.002  # proxies: the grid their vertices are welded to before decimation (`weld`)
+WELDS = (0.002, 0.0001)  # proxies: the grids their vertices are welded to before decimation (`weld`), coarse first
 
 
 @dataclass(frozen=True)
@@ -92,22 +92,30 @@ def proxy_mesh(key: Proxy) -> trimesh.Trimesh:
     if path.is_file():
         with np.load(path) as z:
             return trimesh.Trimesh(z["vertices"], z["faces"], process=False)
-    merged = weld(full)
-    faces = key.faces
-    while faces < len(merged.faces):
-        small = decimate(merged, faces)
-        if silhouette_iou(full, small, key.camera).min() >= key.iou:
-            break
-        faces = faces * 3 // 2
-    else:
-        small = full
+    small = smallest_proxy(full, key)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # written whole, then renamed: never half a file
     np.savez(tmp, vertices=np.asarray(small.vertices), faces=np.asarray(small.faces))
     os.replace(tmp, path)
     return small
 
 
-def weld(mesh: trimesh.Trimesh, cell: float = WELD) -> trimesh.Trimesh:
+def smallest_proxy(full: trimesh.Trimesh, key: Proxy) -> trimesh.Trimesh:
+    """The first decimation, from `key.faces` up 1.5x a try, whose silhouettes pass the check; at each face count
+    the mesh welded on each grid of WELDS is tried (a coarse grid closes an OBJ's seams, a fine one keeps a dense
+    mesh's small features); the full mesh when none passes."""
+    welded = [weld(full, cell) for cell in WELDS]
+    faces = key.faces
+    while faces < max(len(m.faces) for m in welded):
+        for merged in welded:
+            if faces < len(merged.faces):
+                small = decimate(merged, faces)
+                if silhouette_iou(full, small, key.camera).min() >= key.iou:
+                    return small
+        faces = faces * 3 // 2
+    return full
+
+
+def weld(mesh: trimesh.Trimesh, cell: float = WELDS[0]) -> trimesh.Trimesh:
     """Vertices snapped to a grid of `cell` (unit-radius meshes: 0.08 px at 128 px) and merged, degenerate and
     repeated faces dropped: one vertex per position, so that the decimation collapses edges across an OBJ's texture
     seams and a mesh's cracks instead of stalling at them."""
@@ -132,7 +140,7 @@ def proxy_cache(key: Proxy, full: trimesh.Trimesh) -> Path:
     """The proxy's file: named by the full mesh's geometry and the proxy's settings, so a changed file is redone."""
     digest = hashlib.sha1(np.asarray(full.vertices, dtype=np.float64).tobytes()
                           + np.asarray(full.faces, dtype=np.int64).tobytes()
-                          + repr((key.faces, key.iou, key.camera, WELD)).encode()).hexdigest()[:20]
+                          + repr((key.faces, key.iou, key.camera, WELDS)).encode()).hexdigest()[:20]
     folder = robosuite.data_home() / "proxies"
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{digest}.npz"
