@@ -165,6 +165,22 @@ def test_masks_are_pyrenders_segmentation_masks_and_forgotten_meshes_leave():
         gl.render_array([("pyrender", names[0])], views[:1])
 
 
+def test_the_geometry_shader_fallback_draws_the_same_masks(gl):
+    """Where GL_ARB_shader_viewport_layer_array is missing, a geometry shader sets the layer: the same pixels."""
+    from feedback_solver.render.gl import SilhouetteRenderer
+
+    fallback = SilhouetteRenderer(CAM, layers=4, vertex_layer=False)  # a second context, kept for the process
+    KEPT.append(fallback)
+    keys = ["sphere", "bar"] * 3
+    poses = torch.cat([pose(q=tuple(roma.rotvec_to_unitquat(torch.tensor([0.4 * i, 0.1, 0.3])).tolist()),
+                            t=(0.1 * i, -0.05 * i, 0.1)) for i in range(len(keys))])
+    for key in ("sphere", "bar"):
+        fallback.add_mesh(key, normalise(trimesh.creation.icosphere(subdivisions=5)) if key == "sphere" else
+                          normalise(trimesh.creation.box(extents=(2.0, 0.4, 0.4))))
+    ours = fallback.render_array(keys, poses)
+    assert ours.any((1, 2)).all() and np.array_equal(ours, gl.render_array(keys, poses))
+
+
 def gl_module():
     from feedback_solver.render import gl as module
 

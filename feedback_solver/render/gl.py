@@ -138,14 +138,16 @@ class SilhouetteRenderer:
     it: the same pixels), and read back at once, about 5x cheaper. A mesh's buffers are uploaded once, at `add_mesh`.
     """
 
-    def __init__(self, camera: Camera = Camera(), layers: int = 64):
+    def __init__(self, camera: Camera = Camera(), layers: int = 64, vertex_layer: bool | None = None):
         self.camera, self.layers = camera, int(layers)
         self.context = platform(camera.size, camera.size)  # first: it names the fix when there is no GL to import
         from OpenGL import GL
         from OpenGL.GL import shaders
 
         self.GL = GL
-        stages = [(VERTEX_LAYER, GL.GL_VERTEX_SHADER)] if has_extension("GL_ARB_shader_viewport_layer_array") else \
+        if vertex_layer is None:
+            vertex_layer = has_extension("GL_ARB_shader_viewport_layer_array")
+        stages = [(VERTEX_LAYER, GL.GL_VERTEX_SHADER)] if vertex_layer else \
             [(VERTEX, GL.GL_VERTEX_SHADER), (GEOMETRY, GL.GL_GEOMETRY_SHADER)]  # a layer per triangle: 2x the cost
         self.program = shaders.compileProgram(*(shaders.compileShader(code, kind) for code, kind in
                                                 stages + [(FRAGMENT, GL.GL_FRAGMENT_SHADER)]))
