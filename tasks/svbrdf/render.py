@@ -16,6 +16,7 @@ Conventions (every module of the task and the README follow them):
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -36,7 +37,13 @@ def decode(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     alpha = x[:, ROUGHNESS].clamp(MIN_ROUGHNESS, 1).pow(2)
     nxy = x[:, NORMAL].clamp(-1, 1)
     n = torch.cat([nxy, torch.ones_like(nxy[:, :1])], 1)
-    return kd, ks, alpha, n / n.norm(dim=1, keepdim=True)
+    return kd, ks, alpha, n * length(n, 1).reciprocal()
+
+
+def length(v: Tensor, dim: int) -> Tensor:
+    """|v| along dim, kept: a sum of squares, which torch's CPU vector norm over a middle dim is several times slower
+    than."""
+    return (v * v).sum(dim, keepdim=True).sqrt()
 
 
 def plane(h: int, w: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -52,12 +59,12 @@ def shade(x: Tensor, light: Tensor, view: Tensor, intensity: float = FLASH_INTEN
     kd, ks, alpha, n = (t.unsqueeze(1) for t in decode(x))  # (B, 1, C, H, W)
     p = plane(x.shape[2], x.shape[3], x.device, x.dtype)
     to_l = light[..., None, None] - p  # (B, K, 3, H, W)
-    dist2 = to_l.pow(2).sum(2, keepdim=True)
+    dist2 = (to_l * to_l).sum(2, keepdim=True)
     l = to_l / dist2.sqrt()  # noqa: E741 - the BRDF literature's light vector
     v = view[..., None, None] - p
-    v = v / v.norm(dim=2, keepdim=True)
+    v = v / length(v, 2)
     h = l + v
-    h = h / h.norm(dim=2, keepdim=True).clamp_min(EPS)
+    h = h / length(h, 2).clamp_min(EPS)
     n_l = (n * l).sum(2, keepdim=True)
     n_v = (n * v).sum(2, keepdim=True).clamp_min(EPS)
     n_h = (n * h).sum(2, keepdim=True).clamp(0, 1)
@@ -84,8 +91,38 @@ def to_photo(radiance: Tensor) -> Tensor:
 
 def flash_photo(x: Tensor) -> Tensor:
     """The observation: maps (B, 9, H, W) seen by the camera under its own flash -> (B, 3, H, W) in [0, 1]."""
-    cam = camera_position(x.shape[0], x.device, x.dtype)
-    return to_photo(shade(x, cam, cam)[:, 0])
+    return to_photo(flash_shade(x))
+
+
+@functools.cache
+def flash_geometry(h: int, w: int, device: torch.device | None, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Per texel, the unit vector to the camera and flash (3, H, W) and the squared distance (1, H, W)."""
+    camera = torch.tensor([0.0, 0.0, CAMERA_HEIGHT], device=device, dtype=dtype)
+    to_c = camera[:, None, None] - plane(h, w, device, dtype)
+    dist2 = (to_c * to_c).sum(0, keepdim=True)
+    return to_c / dist2.sqrt(), dist2
+
+
+def flash_shade(x: Tensor, intensity: float | Tensor = FLASH_INTENSITY) -> Tensor:
+    """`shade` with light and view at the camera, in closed form: l = v = h, so v.h = 1 and Fresnel is F0, and one dot
+    product n.l serves every cosine; (B, 3, H, W), equal to `shade(x, cam, cam)[:, 0]` to float rounding and about
+    4x cheaper to evaluate and to differentiate. `intensity`: a scalar or one per sample (B,)."""
+    l, dist2 = flash_geometry(x.shape[2], x.shape[3], x.device, x.dtype)  # noqa: E741
+    kd = x[:, DIFFUSE].clamp(0, 1).pow(GAMMA)
+    ks = x[:, SPECULAR].clamp(0, 1).pow(GAMMA)
+    alpha = x[:, ROUGHNESS].clamp(MIN_ROUGHNESS, 1).pow(2)
+    nxy = x[:, NORMAL].clamp(-1, 1)
+    n_l = (nxy[:, :1] * l[0] + nxy[:, 1:] * l[1] + l[2]) * (nxy * nxy).sum(1, keepdim=True).add(1).rsqrt()
+    a2 = alpha * alpha
+    n_h = n_l.clamp(0, 1)
+    d = a2 / (math.pi * (n_h * n_h * (a2 - 1) + 1).pow(2))
+    k = alpha / 2
+    cos = n_l.clamp_min(EPS)
+    g = (cos / (cos * (1 - k) + k)).pow(2)
+    brdf = kd / math.pi + d * g * ks / (4 * cos * cos)
+    if isinstance(intensity, Tensor):
+        intensity = intensity.view(-1, 1, 1, 1)
+    return brdf * intensity * n_l.clamp_min(0) / dist2
 
 
 def random_pairs(batch: int, diffuse: int, specular: int, generator: torch.Generator,

@@ -18,7 +18,7 @@ from feedback_solver.problem import Batch, Task
 from feedback_solver.spaces import Maps
 from tasks.svbrdf import options, photos, procedural, render
 from tasks.svbrdf.layout import HIGH, LOW
-from tasks.svbrdf.nets import MapUpdate, UNetInitializer
+from tasks.svbrdf.nets import MapUpdate, UNetInitializer, to_channels_last
 
 #: the procedural generator's seed ranges per split (data seeds are < 2^31, so the splits never share a material)
 SPLIT_KEYS = {"train": 0, "val": 1, "test": 2}
@@ -178,11 +178,11 @@ class SVBRDFTask(Task):
 
     # --- learned parts -----------------------------------------------------------------------------
     def make_update(self, inputs: list[str], model: DictConfig) -> nn.Module:
-        return MapUpdate(inputs, int(model.hidden), int(model.stride), float(model.step), float(model.grad_scale),
-                         parts=self.inputs)
+        return to_channels_last(MapUpdate(inputs, int(model.hidden), int(model.stride), float(model.step),
+                                          float(model.grad_scale), parts=self.inputs))
 
     def make_initializer(self, model: DictConfig) -> nn.Module:
-        return UNetInitializer(list(model.unet_channels))
+        return to_channels_last(UNetInitializer(list(model.unet_channels)))
 
     # --- command line ------------------------------------------------------------------------------
     @classmethod

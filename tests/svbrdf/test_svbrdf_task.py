@@ -51,6 +51,36 @@ def test_renderer_matches_a_hand_computed_pixel():
     assert torch.allclose(got, torch.full((3,), expected), rtol=1e-5)
 
 
+def random_maps(n: int, size: int, seed: int) -> torch.Tensor:
+    """Maps across their whole ranges, the roughness down to its floor (the sharpest highlights)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 9, size, size, generator=gen)
+    x[:, 7:] = 2 * x[:, 7:] - 1
+    return x
+
+
+def test_the_closed_form_flash_render_and_its_gradient_are_the_general_renderers():
+    """The flash photo drawn in closed form (l = v = h) is `shade` with light and view at the camera, and the
+    gradient of its L2 to a photo is the general render's, to 1e-5."""
+    x = random_maps(3, 48, 0)
+    cam = render.camera_position(3)
+    wide = x.double()  # the sharpest GGX peaks turn rounding in n.h into a few % of their radiance in float32
+    assert torch.allclose(render.flash_shade(wide), render.shade(wide, cam.double(), cam.double())[:, 0], rtol=1e-4)
+    general, closed = render.shade(x, cam, cam)[:, 0], render.flash_shade(x)
+    assert torch.allclose(render.to_photo(closed), render.to_photo(general), atol=3e-4)  # 0.08 / 255, at those peaks
+    y = render.flash_photo(random_maps(3, 48, 1))
+
+    def gradient(draw):
+        xx = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad((render.to_photo(draw(xx)) - y).pow(2).mean(), xx)
+        return g
+
+    a, b = gradient(lambda z: render.shade(z, cam, cam)[:, 0]), gradient(render.flash_shade)
+    assert a.abs().max() > 1e-5 and torch.allclose(a, b, atol=1e-5, rtol=0)
+    scaled = render.flash_shade(x, torch.tensor([1.0, 2.0, 4.0]))  # one flash intensity per photo
+    assert torch.allclose(scaled, closed * torch.tensor([1.0, 2.0, 4.0]).view(3, 1, 1, 1) / render.FLASH_INTENSITY)
+
+
 def test_flash_photo_is_brightest_under_the_flash_and_in_range():
     x = torch.zeros(1, 9, 32, 32)
     x[:, 0:3], x[:, 3:6], x[:, 6] = 0.6, 0.1, 0.8
