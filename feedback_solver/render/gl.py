@@ -130,12 +130,13 @@ class SilhouetteRenderer:
     """Binary masks (B x 1 x H x W, 0/1) of registered meshes under batched poses (unit quaternion XYZW, t).
 
     Mesa rasterises; pyrender gives the context and the camera's projection. The drawing is our own few GL calls,
-    since pyrender draws one image per call into a multisample buffer and reads back its colour and depth (about
-    2.5 ms a 128 x 128 mask here, most of it the readback): here up to `layers` masks are drawn into the layers of
-    one single-channel texture array (the layer set in the vertex shader where GL_ARB_shader_viewport_layer_array
-    allows, else in a geometry shader), each at the same viewport (so a mask does not depend on its place in the
-    batch), with no depth test (a silhouette is the union of the front faces' coverage, as pyrender's SEG mode draws
-    it: the same pixels), and read back at once, about 5x cheaper. A mesh's buffers are uploaded once, at `add_mesh`.
+    since pyrender draws one image per call into a multisample buffer and reads back its colour and depth (1.74 ms a
+    1000-face mask in benchmarks/render_cost at b62a94f, 0.27 ms now). Up to `layers` masks are drawn into the
+    layers of one single-channel texture array (the layer set in the vertex shader where
+    GL_ARB_shader_viewport_layer_array allows, else in a geometry shader), each at the same viewport (so a mask does
+    not depend on its place in the batch), with no depth test (a silhouette is the union of the front faces'
+    coverage, as pyrender's SEG mode draws it: the same pixels), and read back at once. A mesh's buffers are
+    uploaded once, at `add_mesh`.
     """
 
     def __init__(self, camera: Camera = Camera(), layers: int = 64, vertex_layer: bool | None = None):
@@ -148,7 +149,7 @@ class SilhouetteRenderer:
         if vertex_layer is None:
             vertex_layer = has_extension("GL_ARB_shader_viewport_layer_array")
         stages = [(VERTEX_LAYER, GL.GL_VERTEX_SHADER)] if vertex_layer else \
-            [(VERTEX, GL.GL_VERTEX_SHADER), (GEOMETRY, GL.GL_GEOMETRY_SHADER)]  # a layer per triangle: 2x the cost
+            [(VERTEX, GL.GL_VERTEX_SHADER), (GEOMETRY, GL.GL_GEOMETRY_SHADER)]  # a layer set per triangle: dearer
         self.program = shaders.compileProgram(*(shaders.compileShader(code, kind) for code, kind in
                                                 stages + [(FRAGMENT, GL.GL_FRAGMENT_SHADER)]))
         self.texture = GL.glGenTextures(1)

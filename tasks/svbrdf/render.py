@@ -41,8 +41,8 @@ def decode(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def length(v: Tensor, dim: int) -> Tensor:
-    """|v| along dim, kept: a sum of squares, which torch's CPU vector norm over a middle dim is several times slower
-    than."""
+    """|v| along dim, kept: a sum of squares, which torch's CPU vector norm over a middle dim is slower
+    than here."""
     return (v * v).sum(dim, keepdim=True).sqrt()
 
 
@@ -105,8 +105,8 @@ def flash_geometry(h: int, w: int, device: torch.device | None, dtype: torch.dty
 
 def flash_shade(x: Tensor, intensity: float | Tensor = FLASH_INTENSITY) -> Tensor:
     """`shade` with light and view at the camera, in closed form: l = v = h, so v.h = 1 and Fresnel is F0, and one dot
-    product n.l serves every cosine; (B, 3, H, W), equal to `shade(x, cam, cam)[:, 0]` to float rounding and about
-    4x cheaper to evaluate and to differentiate. `intensity`: a scalar or one per sample (B,)."""
+    product n.l serves every cosine; (B, 3, H, W), equal to `shade(x, cam, cam)[:, 0]` to float rounding and
+    cheaper to evaluate and to differentiate. `intensity`: a scalar or one per sample (B,)."""
     l, dist2 = flash_geometry(x.shape[2], x.shape[3], x.device, x.dtype)  # noqa: E741
     kd = x[:, DIFFUSE].clamp(0, 1).pow(GAMMA)
     ks = x[:, SPECULAR].clamp(0, 1).pow(GAMMA)
