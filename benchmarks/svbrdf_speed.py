@@ -5,7 +5,8 @@ Each tree runs in its own process (that tree's code first on the path: `git arch
 folder), the two alternating, `--repeats` times; the report gives each part's median seconds per sample (init, the
 feedback render and gradient, the update net, the damping checks) and the render RMSE of each tree's answer, which
 should not move. Test samples (procedural) at `--size`, `--threads` torch threads (the benchmark's one thread by
-default). Writes DIR/svbrdf_speed.{json,md}.
+default). With `--val N`, also this tree's render RMSE after each of 0..8 steps on N validation materials at `--size`
+(how the shipped solver's step count was chosen: never on the test set). Writes DIR/svbrdf_speed.{json,md}.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("init", "feedback", "update", "damping", "total")
@@ -60,6 +62,27 @@ print(json.dumps(out))
 """
 
 
+VAL = r"""
+import json, sys, torch
+from feedback_solver import registry
+from feedback_solver.config import load_config
+from feedback_solver.solver import FeedbackSolver
+
+cls = registry.task_class("svbrdf")
+n, size = int(sys.argv[1]), int(sys.argv[2])
+task = cls(load_config(cls, ["seed=0", f"task.size={size}", f"task.crop={size}"]))  # val materials at the solve size
+batch = task.sample(n, "val", 0)
+solver = FeedbackSolver.from_checkpoint(task)
+states = [[] for _ in range(9)]
+for lo in range(0, n, 8):
+    part = batch.index(slice(lo, lo + 8))
+    for k, x in enumerate(solver.solve(part.y, part.ctx, steps=8).trace.x):
+        states[k].append(x)
+print(json.dumps([float(task.render_metrics(torch.cat(s), batch.x, lpips=False)["render_rmse"].mean())
+                  for s in states]))
+"""
+
+
 def unpack(rev: str, into: Path) -> Path:
     """The commit's tree, as files (no checkout of this repository is touched)."""
     archive = into / "tree.tar"
@@ -70,11 +93,12 @@ def unpack(rev: str, into: Path) -> Path:
     return into / "tree"
 
 
-def run(tree: Path, args: argparse.Namespace) -> dict[str, float]:
+def run(tree: Path, args: argparse.Namespace, code: str = CHILD, samples: int | None = None) -> Any:
     env = os.environ | {"PYTHONPATH": f"{tree}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                         "OMP_NUM_THREADS": str(args.threads)}
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(args.samples), str(args.size), str(args.threads)],
-                          cwd=tree, env=env, capture_output=True, text=True, check=False)
+    argv = [str(samples or args.samples), str(args.size), str(args.threads)]
+    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=tree, env=env, capture_output=True, text=True,
+                          check=False)
     if proc.returncode:
         sys.exit(f"svbrdf_speed: the solve in {tree} failed: {proc.stderr.strip().splitlines()[-1]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -87,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--val", type=int, default=0, help="also the render RMSE per step on this many val materials")
     p.add_argument("--out", default="benchmarks/svbrdf_speed")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,16 +122,18 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name].append(run(tree, args))
     report = {name: {k: statistics.median(r[k] for r in rs) for k in (*PARTS, "render_rmse")}
               for name, rs in runs.items()}
-    write(args, report)
+    curve = run(ROOT, args, VAL, args.val) if args.val else None
+    write(args, report, curve)
     return 0
 
 
-def write(args: argparse.Namespace, report: dict[str, dict[str, float]]) -> None:
+def write(args: argparse.Namespace, report: dict[str, dict[str, float]], curve: list[float] | None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     new, old = report["this tree"], report[args.against]
     cmd = (f"python benchmarks/svbrdf_speed.py --against {args.against} --samples {args.samples} --size "
            f"{args.size} --threads {args.threads} --repeats {args.repeats}")
+    cmd += f" --val {args.val}" if args.val else ""
     lines = [f"# SVBRDF solve: time per part against {args.against}", "", f"Command: `{cmd}`", "",
              f"{args.samples} procedural test samples (seed 0) at {args.size} px, {args.threads} thread(s), the "
              f"shipped checkpoints of each tree; medians of {args.repeats} alternating runs, seconds per sample.", "",
@@ -115,8 +142,15 @@ def write(args: argparse.Namespace, report: dict[str, dict[str, float]]) -> None
               for name, r in report.items()]
     lines += ["", f"This tree's solve is {old['total'] / new['total']:.2f}x as fast as {args.against}'s; its render "
               f"RMSE is {100 * (new['render_rmse'] / old['render_rmse'] - 1):+.2f} % of that tree's."]
+    if curve:
+        lines += ["", f"## Render RMSE after each step, {args.val} validation materials at {args.size} px (this tree)",
+                  "", "| step | " + " | ".join(map(str, range(len(curve)))) + " |",
+                  "|---|" + "---:|" * len(curve), "| render RMSE | " + " | ".join(f"{v:.5f}" for v in curve) + " |",
+                  "", "Relative to step 6: " + ", ".join(f"step {k} {100 * (v / curve[6] - 1):+.1f} %"
+                                                         for k, v in enumerate(curve))]
     (out / "svbrdf_speed.md").write_text("\n".join(lines) + "\n")
-    (out / "svbrdf_speed.json").write_text(json.dumps({"command": cmd, "report": report}, indent=1))
+    (out / "svbrdf_speed.json").write_text(json.dumps({"command": cmd, "report": report, "val_curve": curve},
+                                                      indent=1))
     print("\n".join(lines))
 
 

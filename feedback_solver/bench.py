@@ -59,7 +59,10 @@ def optimisers(task: Task) -> dict[str, Callable]:
 
 
 def slow_methods(task: Task) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(SLOW + tuple(task.optimisers())))
+    """The optimisers and hybrid; `<optimiser>_initial` runs that optimiser from the task's constant start whatever
+    baselines.start says (plain optimisation, what a user without a learned model runs)."""
+    names = tuple(dict.fromkeys(SLOW + tuple(task.optimisers())))
+    return names + tuple(f"{o}_initial" for o in names if o != "hybrid")
 
 
 @dataclass
@@ -75,6 +78,8 @@ class Raw:
     step_seconds: Tensor | None = None  # learned: (forward, update) seconds per step, summed over samples (2 x T+1)
     restarts: Tensor | None = None  # learned with solver.restarts: per sample (solved again, answer from a restart)
     polish_seconds: float = 0.0  # learned with solver.polish: its seconds, summed over samples
+    start_seconds: float = 0.0  # the start's share of `seconds` (the learned initializer), summed over samples
+    ctx: dict[str, Any] | None = None  # a checkpoint that observes differently: its observations' context (metrics)
 
     @staticmethod
     def merge(parts: list["Raw"]) -> "Raw":
@@ -87,7 +92,7 @@ class Raw:
         restarts = None if parts[0].restarts is None else cat([p.restarts for p in parts])
         return Raw(cat([p.x for p in parts]), {k: cat([p.states[k] for p in parts]) for k in parts[0].states},
                    cat([p.steps for p in parts]), sum(p.seconds for p in parts), fwd, energy, steps, restarts,
-                   sum(p.polish_seconds for p in parts))
+                   sum(p.polish_seconds for p in parts), sum(p.start_seconds for p in parts), parts[0].ctx)
 
 
 def concat(raws: list[Raw], dim: int) -> Raw:
@@ -132,6 +137,8 @@ def curve(task: Task, states: dict[int, Tensor], batch: Batch, metric: str) -> d
 def entry(task: Task, raw: Raw, batch: Batch, metric: str) -> dict[str, Any]:
     """The report's record of one method on one sample set."""
     n = len(batch)
+    if raw.ctx is not None:  # scored in the context of its own observations (a photo's estimated exposure, say)
+        batch = Batch(batch.y, batch.x, raw.ctx)
     out = summarise(task, raw.x, batch, metric)
     out |= {"steps": float(raw.steps.float().median()), "seconds_per_sample": raw.seconds / n,
             "forward_seconds_per_sample": None if raw.forward_seconds is None else raw.forward_seconds / n,
@@ -139,6 +146,7 @@ def entry(task: Task, raw: Raw, batch: Batch, metric: str) -> dict[str, Any]:
             "primary_mean": out["metrics"][metric]["mean"]}
     if raw.energy is None:  # an optimiser: its longest run sets the wall time of a batched call
         out["max_steps"] = int(raw.steps.max()) if len(raw.steps) else 0
+    out["time_curve"] = time_curve(raw, out["curve"]["step"], out.get("max_steps"), n)
     if raw.energy is not None:
         e = raw.energy
         out["energy_monotone"] = float((e.diff(dim=1) <= 0).all(dim=1).float().mean()) if e.shape[1] > 1 else None
@@ -153,6 +161,22 @@ def entry(task: Task, raw: Raw, batch: Batch, metric: str) -> dict[str, Any]:
     return out
 
 
+def time_curve(raw: Raw, steps: list[int], max_steps: int | None, n: int) -> dict[str, Any]:
+    """Seconds per sample at each recorded step or iteration: the start, then the mean time of a timed step (a
+    learned solver's steps past the timed ones, and an optimiser's iterations, assumed to cost alike)."""
+    start = raw.start_seconds / n
+    if raw.step_seconds is not None:  # learned: (forward, update) per step, the last column the final check
+        per = raw.step_seconds.sum(0)[:-1] / n
+        each = float(per.mean()) if len(per) else 0.0
+        done = per.cumsum(0).tolist()
+        at = [start + (done[s - 1] if 0 < s <= len(done) else (done[-1] if done else 0) + each * max(s - len(done), 0))
+              for s in steps]
+    else:
+        each = (raw.seconds / n - start) / max(max_steps or 1, 1)
+        at = [start + each * s for s in steps]
+    return {"step": steps, "seconds": at}
+
+
 def solve_chunk(solver: FeedbackSolver, part: Batch, steps: int | None, curve_steps: int = 0) -> Raw:
     """One timed solve; with curve_steps past it, an untimed longer run gives the error-against-step states."""
     start = time.perf_counter()
@@ -164,7 +188,7 @@ def solve_chunk(solver: FeedbackSolver, part: Batch, steps: int | None, curve_st
     per_step = torch.tensor([tr.forward_seconds, tr.update_seconds + [0.0]], dtype=torch.float64)
     restarts = None if tr.resolved is None else torch.stack([tr.resolved, tr.restarted], 1).float().cpu()
     return Raw(res.x.cpu(), states, torch.full((len(part),), float(res.steps)), wall, res.forward_seconds,
-               res.trace.energies().cpu(), per_step, restarts, tr.polish_seconds)
+               res.trace.energies().cpu(), per_step, restarts, tr.polish_seconds, tr.init_seconds)
 
 
 def run_learned(task: Task, solver: FeedbackSolver, batch: Batch, chunks: list[slice], dist: Dist,
@@ -177,7 +201,8 @@ def run_learned(task: Task, solver: FeedbackSolver, batch: Batch, chunks: list[s
         warm = batch.index(slice(chunks[0].start, chunks[0].start + 2)).to(dist.device)
         solver.solve(warm.y, warm.ctx, steps)  # warm-up: first calls allocate
     raws = [solve_chunk(solver, batch.index(c).to(dist.device), steps, curve_steps) for c in chunks]
-    return concat(raws, task.space.dim)
+    out = concat(raws, task.space.dim)
+    return out if solver.task is task else replace(out, ctx=batch.ctx)
 
 
 def run_optimiser(task: Task, name: str, batch: Batch, chunks: list[slice], cfg: DictConfig, dist: Dist,
@@ -189,7 +214,7 @@ def run_optimiser(task: Task, name: str, batch: Batch, chunks: list[slice], cfg:
         x0, extra = start(part)
         res = optimisers(task)[name](task, part.y, part.ctx, x0, cfg)
         raws.append(Raw(res.x.detach().cpu(), {k: v.cpu() for k, v in res.snapshots.items()},
-                        res.steps.cpu().float(), res.seconds + extra))
+                        res.steps.cpu().float(), res.seconds + extra, start_seconds=extra))
     return concat(raws, task.space.dim)
 
 
@@ -329,8 +354,9 @@ def run_slow(task: Task, name: str, batch: Batch, chunks: list[slice], cfg: Dict
     """Optimisers start from the task's constant start (or, with baselines.start=learned, the shipped solver's
     learned initializer); hybrid starts from the learned solver's answer and runs the optimiser
     baselines.hybrid names."""
-    if name != "hybrid" and cfg.baselines.start == "initial":
-        return run_optimiser(task, name, batch, chunks, cfg, dist, lambda part: (task.initial(part), 0.0))
+    if name.endswith("_initial") or (name != "hybrid" and cfg.baselines.start == "initial"):
+        return run_optimiser(task, name.removesuffix("_initial"), batch, chunks, cfg, dist,
+                             lambda part: (task.initial(part), 0.0))
     solver = load().to(dist.device)
     if name != "hybrid":
         def init_start(part: Batch) -> tuple[Tensor, float]:

@@ -161,6 +161,21 @@ def repeat_last_stage(src: str | os.PathLike, dst: str | os.PathLike, task: str,
     return write_sealed(dst, out, header)
 
 
+def set_steps(src: str | os.PathLike, dst: str | os.PathLike, task: str, steps: int, why: str) -> Path:
+    """A shared-weight checkpoint run for another number of steps by default (its one net serves any count), the
+    reason kept in its meta: the steps a solve runs are the checkpoint's, not the running config's."""
+    tensors, cfg, meta = read_model(src, task)
+    if str(cfg.solver.mode) != "shared" or steps < 1:
+        raise ValueError(f"checkpoint {src}: only a shared-weight checkpoint runs any number >= 1 of its steps "
+                         f"(asked: {steps}, mode {cfg.solver.mode})")
+    meta = meta | {"steps": f"{steps} steps by default, trained unrolling {meta.get('trained_steps', cfg.solver.steps)}"
+                   + (f": {why}" if why else "")}
+    meta.setdefault("trained_steps", int(cfg.solver.steps))
+    cfg.solver.steps = steps
+    header = {"format": FORMAT, "task": task, "config": OmegaConf.to_yaml(cfg), "meta": json.dumps(meta)}
+    return write_sealed(dst, tensors, header)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
@@ -172,9 +187,18 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("src")
     r.add_argument("dst")
     r.add_argument("--steps", type=int, required=True)
+    s = sub.add_parser("set-steps", help="run a shared-weight checkpoint for another number of steps by default")
+    s.add_argument("task")
+    s.add_argument("src")
+    s.add_argument("dst")
+    s.add_argument("--steps", type=int, required=True)
+    s.add_argument("--why", default="", help="the reason, kept in the checkpoint's meta")
     args = p.parse_args(argv)
     try:
-        print(repeat_last_stage(args.src, args.dst, args.task, args.steps))
+        if args.command == "set-steps":
+            print(set_steps(args.src, args.dst, args.task, args.steps, args.why))
+        else:
+            print(repeat_last_stage(args.src, args.dst, args.task, args.steps))
     except (FileNotFoundError, ValueError) as err:
         print(f"checkpoints: {one_line(err)}", file=sys.stderr)
         return 2

@@ -105,7 +105,11 @@ class Feedback:
 def energy_gradient(task: "Task", x: Tensor, y: Tensor, ctx: dict[str, Any], per_part: bool = False
                     ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Riemannian gradient of E_data at x: d/d(delta) E(retract(x, delta)) at delta = 0, detached; with `per_part`,
-    also the gradient of each part of the energy (`task.energy_parts`, e.g. one per input image), stacked on dim 1."""
+    also the gradient of each part of the energy (`task.energy_parts`, e.g. one per input image), stacked on dim 1.
+    A task's own `energy_gradient` (closed form) replaces autograd where it has one."""
+    closed = None if per_part else task.energy_gradient(x, y, ctx)
+    if closed is not None:
+        return closed[0].detach(), closed[1].detach(), None
     delta = task.space.tangent_zeros(x).requires_grad_(True)
     with torch.enable_grad():
         y_pred = task.surrogate_forward(task.space.retract(x, delta), ctx)

@@ -109,6 +109,12 @@ class Problem(ABC):
             raise NotImplementedError(f"task {self.name!r}: forward is not differentiable and no surrogate is given")
         return self.forward(x, ctx)
 
+    def energy_gradient(self, x: Tensor, y_obs: Tensor, ctx: dict[str, Any]) -> tuple[Tensor, Tensor] | None:
+        """Where the task has one cheaper than autograd's pass: the gradient of E_data(f(retract(x, delta)), y) in delta
+        at 0, in closed form or fused, and the prediction f(x). None (the default): autograd through surrogate_forward.
+        """
+        return None
+
     def energy(self, y_pred: Tensor, y_obs: Tensor) -> Tensor:
         """Per-sample data term; mean squared residual unless the task says otherwise."""
         return (y_pred - y_obs).flatten(1).pow(2).mean(1)

@@ -297,7 +297,71 @@ def _header_lines(result: Mapping[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def render_markdown(result: Mapping[str, Any], png_name: str | None = None) -> str:
+#: time budgets of the equal-time table, as multiples of the learned solver's time per sample
+BUDGETS = (0.5, 1, 2, 5, 10, 20, 50)
+
+
+def timed_methods(result: Mapping[str, Any]) -> dict[str, dict]:
+    """The subset's methods with a time curve (every one run on the same samples in the same run)."""
+    subset = (result.get("subset") or {}).get("methods") or {}
+    return {k: m for k, m in subset.items() if (m.get("time_curve") or {}).get("seconds")}
+
+
+def metric_at(m: Mapping[str, Any], seconds: float) -> float | None:
+    """A method's mean primary metric at its last recorded step or iteration within `seconds` per sample."""
+    best = None
+    for t, v in zip(m["time_curve"]["seconds"], m["curve"]["mean"]):
+        if t <= seconds * (1 + 1e-9):
+            best = v
+    return best
+
+
+def equal_time_lines(result: Mapping[str, Any]) -> list[str]:
+    """The primary metric each method reaches within the same wall-clock budgets per sample (the subset)."""
+    timed = timed_methods(result)
+    ref = timed.get(REFERENCE_METHOD)
+    if ref is None or len(timed) < 2:
+        return []
+    metric = result.get("primary_metric", "the primary metric")
+    base = ref["seconds_per_sample"]
+    lines = ["## Equal time (subset)", "",
+             f"Mean {metric} reached within each budget of seconds per sample (a multiple of {REFERENCE_METHOD}'s "
+             f"{fmt_seconds(base)}): each method's last recorded step or iteration by then, its time the start plus "
+             f"its mean time per step or iteration; {MISSING}: not started. {REFERENCE_METHOD} runs on past its "
+             "shipped steps (the curve's).", "",
+             _table_row(["method", *(f"{b}x ({fmt_seconds(b * base)})" for b in BUDGETS)]),
+             _table_row(["---"] * (len(BUDGETS) + 1))]
+    for name, m in timed.items():
+        vals = [metric_at(m, b * base) for b in BUDGETS]
+        lines.append(_table_row([_md_escape(name), *(MISSING if v is None else fmt_num(v) for v in vals)]))
+    return lines + [""]
+
+
+def render_time_plot(result: Mapping[str, Any], path: pathlib.Path) -> bool:
+    """The primary metric (mean) against seconds per sample for the subset's methods; False when there are none."""
+    timed = timed_methods(result)
+    if len(timed) < 2:
+        return False
+    metric = result.get("primary_metric") or "metric"
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for k, (name, m) in enumerate(timed.items()):
+        xs, ys = _floats(m["time_curve"]["seconds"]), _floats(m["curve"]["mean"])
+        ax.plot(xs, ys, "-", color=f"C{k % 10}", marker="." if len(xs) <= MAX_MARKED_POINTS else None, label=name)
+        ax.plot(xs[-1:], ys[-1:], "o", color=f"C{k % 10}")
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per sample")
+    ax.set_ylabel(f"{metric} (mean)")
+    ax.set_title(f"{result.get('report', result.get('task', ''))}: {metric} against time (same samples, same run)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=PNG_DPI)
+    return True
+
+
+def render_markdown(result: Mapping[str, Any], png_name: str | None = None, time_png: str | None = None) -> str:
     """Human-readable summary that sits next to the raw JSON."""
     lines = _header_lines(result)
     lines += _section("All samples", result.get("methods") or {}, runs=result.get("runs"))
@@ -308,6 +372,9 @@ def render_markdown(result: Mapping[str, Any], png_name: str | None = None) -> s
         lines += _section(title, subset["methods"], subset.get("note"))
     lines += group_lines(result)
     lines += match_lines(result)
+    lines += equal_time_lines(result)
+    if time_png:
+        lines += [f"![{result.get('primary_metric', 'metric')} vs time]({time_png})", ""]
     lines += energy_lines(result)
     lines += restart_lines(result)
     lines += step_time_lines(result)
@@ -400,7 +467,8 @@ def _file_stem(task: Any) -> str:
 
 
 def write_report(result: dict, out_dir: str | os.PathLike) -> dict[str, pathlib.Path]:
-    """Writes out_dir/<report>.json, .md, _steps.png (report: the task's setting, its name by default).
+    """Writes out_dir/<report>.json, .md, _steps.png, and _time.png where the subset's methods carry time curves
+    (report: the task's setting, its name by default).
 
     Schema (``result``)::
 
@@ -414,6 +482,8 @@ def write_report(result: dict, out_dir: str | os.PathLike) -> dict[str, pathlib.
                             "forward_seconds_per_sample": float | None,
                             "samples": int,
                             "curve": {"step": [...], "median": [...], "mean": [...]} (optional),
+                            "time_curve": {"step": [...], "seconds": [...]} (optional: seconds per sample at
+                                          each curve step),
                             "energy_monotone": fraction | None (optional),
                             "restarts": {"solved_again": fraction, "answer_from_restart": fraction} (optional),
                             "groups": {GROUP: {"samples", "mean", "median", "outlier_rate"}} (optional: the
@@ -429,5 +499,9 @@ def write_report(result: dict, out_dir: str | os.PathLike) -> dict[str, pathlib.
              "png": out / f"{stem}_steps.png"}
     _write_json(clean, paths["json"])
     render_steps_plot(clean, paths["png"])
-    paths["md"].write_text(render_markdown(clean, paths["png"].name), encoding="utf-8")
+    time_png = out / f"{stem}_time.png"
+    if render_time_plot(clean, time_png):
+        paths["time_png"] = time_png
+    paths["md"].write_text(render_markdown(clean, paths["png"].name, time_png.name if "time_png" in paths else None),
+                           encoding="utf-8")
     return paths

@@ -26,7 +26,8 @@ TRAIN = ["train.iterations=400", "train.checkpoint_every=10", "train.log_every=5
          "train.batch_size=64"]
 BENCH = ["--samples", "120", "bench.slow_samples=30", "bench.batch_size=50", "bench.slow_batch_size=10",
          "--methods", "feedback,feedback_no_damping,regression,adam,lbfgs,hybrid"]
-TIMINGS = {"seconds_per_sample", "forward_seconds_per_sample", "per_step", "command", "ranks", "times_feedback"}
+TIMINGS = {"seconds_per_sample", "forward_seconds_per_sample", "per_step", "command", "ranks", "times_feedback",
+           "time_curve"}
 
 
 def launch(args: list[str], cwd: Path, ranks: int = 2, **popen) -> list[str]:

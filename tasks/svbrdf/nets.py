@@ -10,6 +10,7 @@ from torch.nn import functional as F
 
 from feedback_solver.feedback import KINDS, width
 from feedback_solver.update import ConvGRUCell, pixel_coordinates
+from tasks.svbrdf import render
 from tasks.svbrdf.layout import CHANNELS, MIN_ROUGHNESS, NORMAL, ROUGHNESS
 
 
@@ -63,6 +64,8 @@ class UNetInitializer(nn.Module):
 
     def forward(self, y: Tensor, ctx: dict[str, Any], x0: Tensor) -> Tensor:
         y = y[:, :3]  # with several photos, the first: the flash photo
+        if ctx.get("exposure") is not None:  # the photo as at the nominal exposure (capture.estimate_exposure)
+            y = render.to_photo(y.pow(render.GAMMA) / ctx["exposure"].to(y).view(-1, 1, 1, 1))
         inp = channels_last(torch.cat([y * 2 - 1, pixel_coordinates(y)], 1))
         skips, h = [inp], inp
         g = None

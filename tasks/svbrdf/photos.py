@@ -92,3 +92,57 @@ def render_grid(images: Tensor, cols: int = 5) -> Tensor:
     grid = torch.cat([images, pad]).view(rows, cols, c, h, w)
     return grid.permute(2, 0, 3, 1, 4).reshape(c, rows * h, cols * w)
 
+
+
+#: a flash photo of a flat sample is brighter in its centre than at its rim (the flash's falloff, and its highlight),
+#: and its blurred brightest spot lies near the centre. On 64 val materials at 128 px (`python -m tasks.svbrdf.photos`)
+#: the ratio's minimum is 0.95 (5th percentile 1.22) and the offset's maximum 0.34 (95th percentile 0.23): the
+#: thresholds flag none of them
+HIGHLIGHT_CONTRAST, HIGHLIGHT_OFFSET = 0.9, 0.35
+
+
+def highlight(y: Tensor) -> tuple[float, float]:
+    """One photo (1, 3, H, W): the mean linear luminance within 0.2 of the width from its centre over that beyond
+    0.4, and the distance from the centre of its brightest spot (blurred over a quarter of the width), in widths."""
+    lum = y[:, :3].clamp(0, 1).pow(render.GAMMA).mean(1, keepdim=True)
+    h, w = lum.shape[-2:]
+    rows = (torch.arange(h, dtype=lum.dtype) + 0.5) / h - 0.5
+    cols = (torch.arange(w, dtype=lum.dtype) + 0.5) / w - 0.5
+    r = (rows[:, None] ** 2 + cols[None, :] ** 2).sqrt()
+    inner, outer = lum[0, 0][r < 0.2].mean(), lum[0, 0][r > 0.4].mean()
+    k = max(w // 4, 1)
+    blur = torch.nn.functional.avg_pool2d(lum, k, stride=max(k // 4, 1))
+    bh, bw = blur.shape[-2:]
+    peak = int(blur.flatten().argmax())
+    centre_r = (peak // bw + 0.5) / bh - 0.5
+    centre_c = (peak % bw + 0.5) / bw - 0.5
+    offset = (centre_r**2 + centre_c**2) ** 0.5 * (h - k) / h  # blurred cells span the centres' range
+    return float(inner / outer.clamp_min(1e-6)), float(offset)
+
+
+def flash_warnings(y: Tensor, path: Path | str) -> list[str]:
+    """What makes a photo look unlike a flash photo of a flat sample: no highlight, or one far off centre."""
+    contrast, offset = highlight(y)
+    out = []
+    if contrast < HIGHLIGHT_CONTRAST:
+        out.append(f"photo {path}: no flash highlight (its centre is {contrast:.2f}x as bright as its rim; a flash "
+                   f"photo of a flat sample has >= {HIGHLIGHT_CONTRAST}x): the maps assume a flash over the centre")
+    elif offset > HIGHLIGHT_OFFSET:
+        out.append(f"photo {path}: the highlight is {offset:.0%} of the width from the centre (expected within "
+                   f"{HIGHLIGHT_OFFSET:.0%}): hold the phone parallel to the sample with the flash over its centre")
+    return out
+
+
+def validation_margins(n: int = 64, size: int = 128) -> str:
+    """The highlight measures over validation photos, as the thresholds' comment quotes them."""
+    from feedback_solver.config import load_config
+    from tasks.svbrdf.task import SVBRDFTask
+
+    batch = SVBRDFTask(load_config(SVBRDFTask, [f"task.size={size}", f"task.crop={size}"])).sample(n, "val", 0)
+    contrast, offset = torch.tensor([highlight(batch.y[i:i + 1]) for i in range(n)]).T
+    return (f"contrast min {contrast.min():.2f} (5th percentile {contrast.quantile(0.05):.2f}); offset max "
+            f"{offset.max():.2f} (95th percentile {offset.quantile(0.95):.2f})")
+
+
+if __name__ == "__main__":
+    print(validation_margins())

@@ -54,8 +54,11 @@ def plane(h: int, w: int, device: torch.device | None = None, dtype: torch.dtype
     return torch.stack([gx, gy, torch.zeros_like(gx)])
 
 
-def shade(x: Tensor, light: Tensor, view: Tensor, intensity: float = FLASH_INTENSITY) -> Tensor:
-    """Linear radiance of maps x under K point lights from K views: light, view (B or 1, K, 3) -> (B, K, 3, H, W)."""
+def shade(x: Tensor, light: Tensor, view: Tensor, intensity: float | Tensor = FLASH_INTENSITY) -> Tensor:
+    """Linear radiance of maps x under K point lights from K views: light, view (B or 1, K, 3) -> (B, K, 3, H, W);
+    `intensity` a scalar or one per sample (B,)."""
+    if isinstance(intensity, Tensor):
+        intensity = intensity.view(-1, 1, 1, 1, 1)
     kd, ks, alpha, n = (t.unsqueeze(1) for t in decode(x))  # (B, 1, C, H, W)
     p = plane(x.shape[2], x.shape[3], x.device, x.dtype)
     to_l = light[..., None, None] - p  # (B, K, 3, H, W)
@@ -123,6 +126,55 @@ def flash_shade(x: Tensor, intensity: float | Tensor = FLASH_INTENSITY) -> Tenso
     if isinstance(intensity, Tensor):
         intensity = intensity.view(-1, 1, 1, 1)
     return brdf * intensity * n_l.clamp_min(0) / dist2
+
+
+def flash_energy_gradient(x: Tensor, y: Tensor, intensity: float | Tensor = FLASH_INTENSITY) -> tuple[Tensor, Tensor]:
+    """The gradient with respect to the maps of E = mean((flash_photo(x) - y)^2) per sample, by hand: the chain rule
+    through `flash_shade` and `to_photo` written out (clamps pass the gradient at their bounds, as torch's do), about
+    3x cheaper than autograd's pass over the same graph. Returns (dE/dx (B, 9, H, W), the photo (B, 3, H, W))."""
+    l, dist2 = flash_geometry(x.shape[2], x.shape[3], x.device, x.dtype)  # noqa: E741
+    intensity = intensity.view(-1, 1, 1, 1) if isinstance(intensity, Tensor) else intensity
+    xd, xs = x[:, DIFFUSE].clamp(0, 1), x[:, SPECULAR].clamp(0, 1)
+    kd, ks = xd.pow(GAMMA), xs.pow(GAMMA)
+    r = x[:, ROUGHNESS].clamp(MIN_ROUGHNESS, 1)
+    alpha = r * r
+    nxy = x[:, NORMAL].clamp(-1, 1)
+    s = (nxy * nxy).sum(1, keepdim=True).add(1).rsqrt()
+    n_l = (nxy[:, :1] * l[0] + nxy[:, 1:] * l[1] + l[2]) * s
+    a2, k = alpha * alpha, alpha / 2
+    n_h = n_l.clamp(0, 1)
+    t = n_h * n_h * (a2 - 1) + 1
+    d = a2 / (math.pi * t * t)
+    cos = n_l.clamp_min(EPS)
+    w = (cos * (1 - k) + k).reciprocal()  # G / cos^2 = w^2, so the specular term is d w^2 / 4
+    spec = d * w * w / 4
+    c = intensity * n_l.clamp_min(0) / dist2
+    brdf = kd / math.pi + spec * ks
+    rad = brdf * c
+    photo = to_photo(rad)
+    live = (rad >= 1e-8) & (rad <= 1)
+    g_rad = torch.where(live, 2 * (photo - y) / y[0].numel() * photo / (GAMMA * rad.clamp_min(1e-8)), 0)
+    g_kd = g_rad * c / math.pi
+    g_ks = g_rad * c * spec
+    g_spec = (g_rad * ks).sum(1, keepdim=True) * c
+    g_c = (g_rad * brdf).sum(1, keepdim=True)
+    # spec(alpha, n_l): d through a2 and n_h, w through k and cos
+    dd_da2 = (t - 2 * a2 * n_h * n_h) / (math.pi * t * t * t)
+    dspec_dalpha = dd_da2 * 2 * alpha * w * w / 4 - d * w * w * w * (1 - cos) / 4
+    dd_dnh = -4 * a2 * n_h * (a2 - 1) / (math.pi * t * t * t)
+    dspec_dnl = (dd_dnh * w * w / 4) * ((n_l >= 0) & (n_l <= 1)) - (d * w * w * w * (1 - k) / 2) * (n_l >= EPS)
+    g_nl = g_spec * dspec_dnl + g_c * intensity / dist2 * (n_l >= 0)
+    g_x = torch.empty_like(x)
+    g_x[:, DIFFUSE] = g_kd * GAMMA * xd.pow(GAMMA - 1) * inside(x[:, DIFFUSE], 0, 1)
+    g_x[:, SPECULAR] = g_ks * GAMMA * xs.pow(GAMMA - 1) * inside(x[:, SPECULAR], 0, 1)
+    g_x[:, ROUGHNESS] = g_spec * dspec_dalpha * 2 * r * inside(x[:, ROUGHNESS], MIN_ROUGHNESS, 1)
+    g_x[:, NORMAL] = g_nl * s * (torch.cat([l[0:1], l[1:2]]) - n_l * s * nxy) * inside(x[:, NORMAL], -1, 1)
+    return g_x, photo
+
+
+def inside(v: Tensor, low: float, high: float) -> Tensor:
+    """Where a clamp to [low, high] passes the gradient (its bounds included, as torch's clamp)."""
+    return (v >= low) & (v <= high)
 
 
 def random_pairs(batch: int, diffuse: int, specular: int, generator: torch.Generator,

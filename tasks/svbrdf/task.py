@@ -7,6 +7,7 @@ the test sets are held-out procedural materials and the gk/fantasy texture sets 
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 from feedback_solver.problem import Batch, Task
 from feedback_solver.spaces import Maps
-from tasks.svbrdf import options, photos, procedural, render
+from tasks.svbrdf import capture, options, photos, procedural, render
 from tasks.svbrdf.layout import HIGH, LOW
 from tasks.svbrdf.nets import MapUpdate, UNetInitializer, to_channels_last
 
@@ -68,13 +69,22 @@ class SVBRDFTask(Task):
         """The flash photo of the maps (camera and flash co-located above the sample's centre), or with N inputs the
         N photos taken from `task.input_positions` at the same height, stacked as (B, 3N, H, W)."""
         if self.inputs == 1:
-            return render.flash_photo(x)
+            return render.to_photo(render.flash_shade(x, flash_intensity(ctx, x)))
         spots = torch.tensor([list(p) for p in self.cfg.task.input_positions[: self.inputs]], dtype=x.dtype)
         if len(spots) < self.inputs:
             raise ValueError(f"task.inputs={self.inputs} but task.input_positions lists only {len(spots)} spots")
         pos = torch.cat([spots, torch.full_like(spots[:, :1], render.CAMERA_HEIGHT)], 1).to(x.device)
         pos = pos.expand(x.shape[0], -1, -1)
-        return render.to_photo(render.shade(x, pos, pos)).flatten(1, 2)
+        return render.to_photo(render.shade(x, pos, pos, flash_intensity(ctx, x))).flatten(1, 2)
+
+    def energy_gradient(self, x: Tensor, y_obs: Tensor, ctx: dict[str, Any]) -> tuple[Tensor, Tensor] | None:
+        """The flash photo's gradient in closed form (render.flash_energy_gradient), 3x cheaper than autograd's."""
+        if self.inputs != 1:
+            return None
+        grad, photo = render.flash_energy_gradient(x, y_obs, flash_intensity(ctx, x))
+        # the retraction projects x + delta onto the bounds: autograd's min / max pass half the gradient at a tie
+        low, high = (torch.tensor(b, dtype=x.dtype, device=x.device).view(1, -1, 1, 1) for b in (LOW, HIGH))
+        return torch.where((x == low) | (x == high), grad / 2, grad), photo
 
     def energy_parts(self, y_pred: Tensor, y_obs: Tensor) -> Tensor:
         """One squared-error part per input photo: the multi-image update net reads one gradient per photo."""
@@ -89,7 +99,9 @@ class SVBRDFTask(Task):
         """Photos of a batch's true maps as this task takes them (N photos for feedback_multi)."""
         if batch.x is None:
             raise ValueError(f"a solver trained on {self.inputs} photos needs {self.inputs} photos per material")
-        return Batch(self.forward(batch.x, batch.ctx), batch.x, batch.ctx)
+        ctx = {k: v for k, v in batch.ctx.items() if k != "exposure"}  # photos at the true exposure, then the estimate
+        y = self.forward(batch.x, ctx)
+        return Batch(y, batch.x, self.calibrate(y, ctx))
 
     # --- data ------------------------------------------------------------------------------------
     def sample(self, n: int, split: str, seed: int) -> Batch:
@@ -104,7 +116,20 @@ class SVBRDFTask(Task):
         gen = torch.Generator().manual_seed(int(seed) + 7919 * SPLIT_KEYS[split])
         light, view = render.random_pairs(len(x), int(t.loss_pairs.diffuse), int(t.loss_pairs.specular), gen)
         ctx = {"light": light, "view": view, "material": names}
-        return Batch(self.forward(x, ctx), x, ctx)
+        condition = str(t.get("capture") or "")
+        if split == "test" and condition and self.inputs == 1:
+            y, ctx["exposure_true"] = capture.degrade(x, condition, seed)
+        else:
+            y = self.forward(x, ctx)
+        return Batch(y, x, self.calibrate(y, ctx))
+
+    def calibrate(self, y: Tensor, ctx: dict[str, Any]) -> dict[str, Any]:
+        """The photo's exposure (`task.exposure: estimate`, capture.estimate_exposure) into ctx, where the forward
+        model, the U-Net's input and the render metrics read it; `nominal`, and the multi-photo model (its nets lose
+        7 % render RMSE on normalised photos), keep the training flash."""
+        if self.inputs != 1 or str(self.cfg.task.get("exposure", "nominal")) != "estimate":
+            return ctx
+        return ctx | {"exposure": capture.estimate_exposure(y)}
 
     def initial(self, batch: Batch) -> Tensor:
         """Constant maps (mid-grey diffuse, low grey specular, medium roughness, flat): the start without the U-Net."""
@@ -121,25 +146,41 @@ class SVBRDFTask(Task):
         return f"procedural materials ({split} split, never seen in training), {size}x{size} flash photos"
 
     # --- evaluation ------------------------------------------------------------------------------
-    def renders(self, x: Tensor) -> Tensor:
-        """Photos of the maps under the evaluation's light/view pairs: (B, K, 3, H, W), the same K for every method."""
+    def renders(self, x: Tensor, exposure: Tensor | None = None) -> Tensor:
+        """Photos of the maps under the evaluation's light/view pairs: (B, K, 3, H, W), the same K for every method;
+        `exposure` (B,) scales the light (the answer's estimated exposure over the photo's true one)."""
         t = self.cfg.task
         light, view = render.quad_pairs(int(t.eval_pairs), int(t.eval_seed), x.device)
-        return render.to_photo(render.shade(x, light, view))  # (1, K, 3): the geometry is computed once per batch
+        intensity = render.FLASH_INTENSITY if exposure is None else render.FLASH_INTENSITY * exposure.to(x)
+        return render.to_photo(render.shade(x, light, view, intensity))  # (1, K, 3): the geometry once per batch
+
+    @staticmethod
+    def relative_exposure(ctx: dict[str, Any] | None) -> Tensor | None:
+        """The estimated exposure over the true one (B,), at which an answer's renders are compared with the truth's
+        at the nominal flash: None where the solve assumed the nominal flash of a nominal photo."""
+        ctx = ctx or {}
+        est, true = ctx.get("exposure"), ctx.get("exposure_true")
+        if est is None and true is None:
+            return None
+        return (1.0 if est is None else est) / (1.0 if true is None else true)
 
     def metrics(self, x_pred: Tensor, x_true: Tensor, ctx: dict[str, Any]) -> dict[str, Tensor]:
         """RMSE of each map (albedos in gamma space, normals as unit vectors / 2) and of re-renders; render LPIPS."""
         out = {f"{k}_rmse": rmse(x_pred[:, s], x_true[:, s]) for k, s in MAP_SLICES.items()}
         out["normal_rmse"] = rmse(render.decode(x_pred)[3] / 2, render.decode(x_true)[3] / 2)
-        out |= self.render_metrics(x_pred, x_true)
+        out |= self.render_metrics(x_pred, x_true, ctx=ctx)
         return out
 
     @torch.no_grad()
-    def render_metrics(self, x_pred: Tensor, x_true: Tensor, lpips: bool = True) -> dict[str, Tensor]:
-        """Render RMSE and LPIPS averaged over the evaluation pairs, in chunks to bound memory."""
+    def render_metrics(self, x_pred: Tensor, x_true: Tensor, lpips: bool = True,
+                       ctx: dict[str, Any] | None = None) -> dict[str, Tensor]:
+        """Render RMSE and LPIPS averaged over the evaluation pairs (the answer at its relative exposure), in chunks
+        to bound memory."""
+        rel = self.relative_exposure(ctx)
         rm, lp = [], []
         for lo in range(0, len(x_pred), CHUNK):
-            a, b = self.renders(x_pred[lo:lo + CHUNK]), self.renders(x_true[lo:lo + CHUNK])
+            part = None if rel is None else rel[lo:lo + CHUNK]
+            a, b = self.renders(x_pred[lo:lo + CHUNK], part), self.renders(x_true[lo:lo + CHUNK])
             rm.append(render_rmse(a, b))
             if lpips:
                 from feedback_solver.lpips import lpips_alex
@@ -156,10 +197,12 @@ class SVBRDFTask(Task):
         if name != "render_rmse":
             return super().curve_metric(xs, x_true, ctx, name)
         parts: list[list[Tensor]] = [[] for _ in xs]
+        rel = self.relative_exposure(ctx)
         for lo in range(0, len(x_true), CHUNK):
             b = self.renders(x_true[lo:lo + CHUNK])
+            scale = None if rel is None else rel[lo:lo + CHUNK]
             for part, x in zip(parts, xs):
-                part.append(render_rmse(self.renders(x[lo:lo + CHUNK]), b))
+                part.append(render_rmse(self.renders(x[lo:lo + CHUNK], scale), b))
         return [torch.cat(p) for p in parts]
 
     def groups(self, batch: Batch) -> list[str] | None:
@@ -202,10 +245,22 @@ class SVBRDFTask(Task):
             raise ValueError("fbsolve solve svbrdf takes one flash photo (task.inputs=1); the multi-photo model "
                              "is benchmarked on rendered inputs only")
         y = photos.read_photo(args.image, int(self.cfg.task.size))
-        return Batch(y, None, {"material": [str(args.image)]})
+        for warning in photos.flash_warnings(y, args.image):
+            warnings.warn(warning, stacklevel=2)
+        ctx = self.calibrate(y, {"material": [str(args.image)]})
+        if "exposure" in ctx:
+            print(f"estimated exposure: {float(ctx['exposure'][0]):.3g}x the training flash (the maps are those of "
+                  "the photo at that exposure; task.exposure=nominal assumes the training flash)")
+        return Batch(y, None, ctx)
 
     def write_solution(self, x: Tensor, batch: Batch, args: argparse.Namespace) -> list[Path]:
         return photos.write_maps(x, batch.y, Path(args.out), self.renders)
+
+
+def flash_intensity(ctx: dict[str, Any], x: Tensor) -> float | Tensor:
+    """The flash's intensity per photo: the nominal one times `ctx["exposure"]` (B,) where a solve estimated it."""
+    exposure = ctx.get("exposure")
+    return render.FLASH_INTENSITY if exposure is None else render.FLASH_INTENSITY * exposure.to(x)
 
 
 def render_rmse(a: Tensor, b: Tensor) -> Tensor:

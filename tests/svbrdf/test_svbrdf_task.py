@@ -147,23 +147,31 @@ def test_real_crops_are_grouped_by_material(task):
     assert task.groups(batch) == ["rock_01", "rock_01", "moss"]
 
 
+def nominal(ctx: dict) -> dict:
+    """A context without the photo's estimated exposure: an answer taken at the training flash, as the truth is."""
+    return {k: v for k, v in ctx.items() if k != "exposure"}
+
+
 def test_metrics_are_zero_for_the_truth_and_grow_with_error(task):
     batch = task.sample(2, "val", 2)
-    zero = task.metrics(batch.x, batch.x, batch.ctx)
+    zero = task.metrics(batch.x, batch.x, nominal(batch.ctx))
     assert set(zero) == {"diffuse_rmse", "specular_rmse", "roughness_rmse", "normal_rmse", "render_rmse",
                          "render_lpips"}
     assert all(float(v.abs().max()) < 1e-5 for v in zero.values())
-    worse = task.metrics(task.space.project(batch.x + 0.2), batch.x, batch.ctx)
+    worse = task.metrics(task.space.project(batch.x + 0.2), batch.x, nominal(batch.ctx))
     assert (worse["render_rmse"] > 0.01).all() and (worse["diffuse_rmse"] > 0.1).all()
 
 
 def test_the_curve_metric_agrees_with_the_report_metric_at_every_state(task):
     batch = task.sample(6, "val", 3)  # 6 > the render chunk, so the chunked curve path is exercised
     xs = [batch.x, task.space.project(batch.x + 0.1), task.initial(batch)]
-    curve = task.curve_metric(xs, batch.x, batch.ctx, "render_rmse")
+    curve = task.curve_metric(xs, batch.x, nominal(batch.ctx), "render_rmse")
     for x, got in zip(xs, curve):
         torch.testing.assert_close(got, task.render_metrics(x, batch.x, lpips=False)["render_rmse"])
     assert float(curve[0].max()) < 1e-6 < float(curve[1].min())
+    at_exposure = task.curve_metric(xs, batch.x, batch.ctx, "render_rmse")  # at the estimated exposure
+    for x, got in zip(xs, at_exposure):
+        torch.testing.assert_close(got, task.render_metrics(x, batch.x, lpips=False, ctx=batch.ctx)["render_rmse"])
 
 
 def write_png(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:
@@ -251,7 +259,7 @@ def test_shipped_checkpoint_reaches_its_figures_on_a_fixed_sample(task, variant)
     seen = solver.task.observe(batch) if solver.task is not task else batch
     full = solver.solve(seen.y, seen.ctx).x
     init = solver.solve(seen.y, seen.ctx, steps=0).x
-    m_full, m_init = (task.render_metrics(x, batch.x) for x in (full, init))
+    m_full, m_init = (task.render_metrics(x, batch.x, ctx=seen.ctx) for x in (full, init))
     rmse_full, rmse_init = float(m_full["render_rmse"].mean()), float(m_init["render_rmse"].mean())
     bar = SHIPPED[variant]
     assert rmse_full < bar["render_rmse"] and float(m_full["render_lpips"].mean()) < bar["render_lpips"]
@@ -267,8 +275,8 @@ def test_shipped_regression_is_the_u_net_alone_and_the_full_solver_beats_it(task
     batch = task.sample(6, "test", 0)
     regression = FeedbackSolver.from_checkpoint(task, "regression")
     assert regression.steps == 0 and regression.stages is None
-    reg = task.render_metrics(regression.solve(batch.y, batch.ctx).x, batch.x)
-    full = task.render_metrics(FeedbackSolver.from_checkpoint(task).solve(batch.y, batch.ctx).x, batch.x)
+    reg = task.render_metrics(regression.solve(batch.y, batch.ctx).x, batch.x, ctx=batch.ctx)
+    full = task.render_metrics(FeedbackSolver.from_checkpoint(task).solve(batch.y, batch.ctx).x, batch.x, ctx=batch.ctx)
     assert float(reg["render_rmse"].mean()) < 0.0445 and float(reg["render_lpips"].mean()) < 0.262
     assert all(float(full[k].mean()) < float(reg[k].mean()) for k in ("render_rmse", "render_lpips"))
 
@@ -282,8 +290,9 @@ def test_shipped_solver_run_to_24_steps_stays_within_5_percent_of_step_6(task):
     solver = FeedbackSolver.from_checkpoint(task, "feedback")
     assert isinstance(solver.acceptance, LMDamping)
     trace = solver.solve(batch.y, batch.ctx, steps=24).trace  # one run: its state 6 is the 6-step answer
-    r6, r24 = (float(task.render_metrics(trace.x[s], batch.x, lpips=False)["render_rmse"].mean()) for s in (6, 24))
-    assert r24 <= 1.05 * r6
+    r3, r6, r24 = (float(task.render_metrics(trace.x[s], batch.x, lpips=False, ctx=batch.ctx)["render_rmse"].mean())
+                   for s in (3, 6, 24))
+    assert r24 <= 1.05 * r6 and r24 <= 1.05 * r3  # the shipped 3 steps as well
 
 
 def test_multi_photo_forward_energy_parts_and_per_photo_gradients():
