@@ -169,7 +169,7 @@ def time_curve(raw: Raw, steps: list[int], max_steps: int | None, n: int) -> dic
         per = raw.step_seconds.sum(0)[:-1] / n
         each = float(per.mean()) if len(per) else 0.0
         done = per.cumsum(0).tolist()
-        at = [start + (done[s - 1] if 0 < s <= len(done) else (done[-1] if done else 0) + each * max(s - len(done), 0))
+        at = [start + (0.0 if s == 0 else done[s - 1] if s <= len(done) else done[-1] + each * (s - len(done)))
               for s in steps]
     else:
         each = (raw.seconds / n - start) / max(max_steps or 1, 1)

@@ -245,3 +245,33 @@ def test_markdown_has_a_per_group_table(result, tmp_path):
     assert "| group | samples | feedback | direct_net | outliers % |" in md
     assert "| duck.obj | 3 | 1.5 | 4 | 0 |" in md
     assert f"| mug.obj | 2 | 8 | {MISSING} | 50 |" in md
+
+
+def test_time_curves_and_the_equal_time_table_and_plot(tmp_path):
+    """A learned solver's step times (the timed steps, then their mean), an optimiser's iterations at its mean pace
+    after its start, and the metric each reaches within the same budgets; a plot beside the report."""
+    import torch
+
+    from feedback_solver.bench import Raw, time_curve
+    from feedback_solver.report import render_markdown
+
+    learned = Raw(torch.zeros(2, 1), {}, torch.zeros(2), 1.0, step_seconds=torch.tensor([[0.1, 0.1, 0.0],
+                                                                                        [0.2, 0.4, 0.0]]),
+                  start_seconds=0.2)
+    got = time_curve(learned, [0, 1, 2, 4], None, 2)["seconds"]  # per sample: start 0.1, steps 0.15 and 0.25
+    assert got == pytest.approx([0.1, 0.25, 0.5, 0.9])
+    optimiser = Raw(torch.zeros(2, 1), {}, torch.zeros(2), 2.2, start_seconds=0.2)
+    assert time_curve(optimiser, [0, 5, 10], 10, 2)["seconds"] == pytest.approx([0.1, 0.6, 1.1])
+    fb = {"seconds_per_sample": 0.5, "curve": {"step": [0, 1, 2], "mean": [0.3, 0.2, 0.1], "median": [0.3] * 3},
+          "time_curve": {"step": [0, 1, 2], "seconds": [0.1, 0.3, 0.5]}, "metrics": {}}
+    adam = {"seconds_per_sample": 5.0, "curve": {"step": [0, 10], "mean": [0.4, 0.15], "median": [0.4] * 2},
+            "time_curve": {"step": [0, 10], "seconds": [0.0, 5.0]}, "metrics": {}}
+    result = {"task": "t", "report": "t", "primary_metric": "err", "methods": {},
+              "subset": {"samples": 2, "methods": {"feedback": fb, "adam": adam}}}
+    text = render_markdown(result, time_png="t_time.png")
+    assert "## Equal time (subset)" in text and "t_time.png" in text
+    section = text.split("## Equal time (subset)")[1]
+    row = next(line for line in section.splitlines() if line.startswith("| adam |"))
+    assert row.split("|")[2].strip() == "0.4" and row.split("|")[6].strip() == "0.15"  # 0.5x: start; 10x: the end
+    paths = write_report(result, tmp_path)
+    assert paths["time_png"].read_bytes()[:8] == PNG_MAGIC

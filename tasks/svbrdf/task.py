@@ -254,7 +254,9 @@ class SVBRDFTask(Task):
         return Batch(y, None, ctx)
 
     def write_solution(self, x: Tensor, batch: Batch, args: argparse.Namespace) -> list[Path]:
-        return photos.write_maps(x, batch.y, Path(args.out), self.renders)
+        exposure = batch.ctx.get("exposure")  # the re-renders at the photo's estimated exposure, as the photo
+        return photos.write_maps(x, batch.y, Path(args.out), lambda m: self.renders(m, exposure),
+                                 lambda m: self.forward(m, batch.ctx))
 
 
 def flash_intensity(ctx: dict[str, Any], x: Tensor) -> float | Tensor:

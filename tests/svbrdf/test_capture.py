@@ -97,3 +97,33 @@ def test_an_estimated_exposure_solves_a_dark_photo_like_a_nominal_one(task):
         y = render.to_photo(render.flash_shade(x, render.FLASH_INTENSITY * scale))
         answers.append(solver.solve(y, est.calibrate(y, {})).x)
     assert float((answers[0] - answers[1]).abs().mean()) < 0.01
+
+
+def write_photo(path, y: torch.Tensor):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray((y[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+    return path
+
+
+def test_solve_says_the_estimated_exposure_and_warns_on_photos_unlike_a_flash_photo(tmp_path, capsys):
+    import argparse
+    import warnings
+
+    task = SVBRDFTask(load_config(SVBRDFTask, ["task.size=64"]))
+    x = task.sample(1, "test", 2).x
+    dark = write_photo(tmp_path / "dark.png", render.to_photo(render.flash_shade(x, render.FLASH_INTENSITY / 2)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a flash photo at half the exposure: no warning
+        batch = task.load_observation(argparse.Namespace(image=str(dark)))
+    said = capsys.readouterr().out
+    assert "estimated exposure:" in said and float(said.split("estimated exposure: ")[1].split("x")[0]) > 0
+    assert float(batch.ctx["exposure"][0]) == pytest.approx(float(capture.estimate_exposure(batch.y)[0]))
+    side = render.shade(x, torch.tensor([[[1.6, 0.0, render.CAMERA_HEIGHT]]]), render.camera_position(1))[:, 0]
+    lamps = torch.tensor([[[3.0, 0, 2.4], [-3.0, 0, 2.4], [0, 3.0, 2.4], [0, -3.0, 2.4]]])
+    ambient = 2 * render.shade(x, lamps, render.camera_position(1).expand(1, 4, 3)).mean(1)
+    for name, rad, message in (("side.png", side, "from the centre"), ("lamps.png", ambient, "flash photo")):
+        path = write_photo(tmp_path / name, render.to_photo(rad))
+        with pytest.warns(UserWarning, match=message):
+            task.load_observation(argparse.Namespace(image=str(path)))
