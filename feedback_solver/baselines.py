@@ -95,7 +95,8 @@ def lbfgs(task: Task, y: Tensor, ctx: dict[str, Any], x0: Tensor, cfg: DictConfi
 
 def lbfgs_one(task: Task, y: Tensor, ctx: dict[str, Any], x0: Tensor, cfg: DictConfig) -> OptimResult:
     b = cfg.baselines
-    x = x0.detach().clone().requires_grad_(True)
+    # L-BFGS flattens the gradient with view(-1): a start in another memory format (a channels-last net's) is copied
+    x = x0.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
     opt = torch.optim.LBFGS([x], lr=b.lbfgs.lr, max_iter=1, history_size=b.lbfgs.history_size,
                             line_search_fn="strong_wolfe", tolerance_grad=b.lbfgs.tolerance_grad,
                             tolerance_change=b.lbfgs.tolerance_change)

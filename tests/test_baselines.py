@@ -110,3 +110,19 @@ def test_objective_adds_the_weighted_prior(toy_cls, toy_cfg):
     # the objective sees the projected x: outside the box the energy is that of the clamped point
     clamped = objective(task, torch.full((4, 4), 1.5), batch.y, {}, 0.0)
     assert torch.allclose(objective(task, x + 10, batch.y, {}, 0.0), clamped)
+
+
+def test_lbfgs_takes_a_start_in_channels_last_memory_format():
+    """A channels-last net's output as the start (SVBRDF's U-Net): L-BFGS flattens its gradient with view(-1)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from feedback_solver.baselines import lbfgs
+    from feedback_solver.config import load_config
+    from tasks.svbrdf.task import SVBRDFTask
+
+    task = SVBRDFTask(load_config(SVBRDFTask, ["task.size=64", "baselines.max_iterations=3"]))
+    batch = task.sample(2, "test", 0)
+    x0 = task.initial(batch).contiguous(memory_format=torch.channels_last)
+    res = lbfgs(task, batch.y, batch.ctx, x0, OmegaConf.create(task.cfg))
+    assert res.x.shape == x0.shape and torch.isfinite(res.x).all()

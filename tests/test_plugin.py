@@ -212,3 +212,27 @@ def test_fbsolve_bench_split_val_runs_on_the_validation_samples_and_says_so(cli_
     assert val["methods"]["feedback"]["metrics"] != test["methods"]["feedback"]["metrics"]
     bad = fbsolve("bench", "toy", "--split", "train", cwd=cli_run["root"], check=False)
     assert bad.returncode == 2 and "split must be one of ['val', 'test'], got 'train'" in bad.stderr
+
+
+def test_an_optimiser_from_the_constant_start_beside_the_learned_start_and_at_equal_time(cli_run, toy_cls, toy_cfg,
+                                                                                         monkeypatch, tmp_path):
+    """`adam_initial` starts from Task.initial whatever baselines.start says; every subset method gets a time curve,
+    and the report an equal-time table and plot."""
+    from feedback_solver.bench import run_bench
+    from feedback_solver.problem import Batch
+    from feedback_solver.solver import FeedbackSolver
+
+    monkeypatch.setattr(FeedbackSolver, "init", lambda self, y, ctx: self.task.initial(Batch(y, None, ctx)) + 0.5)
+    cfg = toy_cfg("bench.slow_samples=10", "baselines.start=learned")
+    res = run_bench(toy_cls(cfg), cfg, tmp_path, ["feedback", "adam", "adam_initial"], samples=10, progress=False,
+                    checkpoints=cli_run["ckpt"])
+    sub, metric = res["subset"]["methods"], res["primary_metric"]
+    task = toy_cls(cfg)
+    batch = task.sample(10, "test", cfg.seed)
+    const = float(task.metrics(task.space.project(task.initial(batch)), batch.x, batch.ctx)[metric].mean())
+    assert sub["adam_initial"]["curve"]["mean"][0] == pytest.approx(const, rel=1e-5)
+    assert sub["adam"]["curve"]["mean"][0] != pytest.approx(const, rel=1e-3)  # the (patched) learned start
+    for m in sub.values():
+        seconds = m["time_curve"]["seconds"]
+        assert len(seconds) == len(m["curve"]["step"]) and seconds == sorted(seconds) and seconds[-1] > 0
+    assert "## Equal time (subset)" in (tmp_path / "toy.md").read_text() and (tmp_path / "toy_time.png").is_file()

@@ -5,7 +5,7 @@ Each condition degrades the synthetic photo of the true maps in one way, seeded 
 
 - `exposure_0.5`, `exposure_2`: the flash (or the exposure time) half or twice the nominal, before the sensor clips;
 - `white_balance`: the red and blue channels scaled in linear light by gains in [0.85, 1.15];
-- `noise`: shot and read noise in linear light, standard deviation sqrt(0.004 L + 0.005^2);
+- `noise`: shot and read noise in linear light, standard deviation sqrt(0.0004 L + 0.002^2) (about 2.5/255 at mid-grey);
 - `jpeg75`: 8-bit and JPEG at quality 75 (Pillow);
 - `flash_offset`: the flash 10-20 % of the sample's width away from the lens, in a random direction;
 - `vignetting`: the cos^4 falloff of the camera's 45 deg field of view (the corners at 0.55).
@@ -64,7 +64,7 @@ def degrade(x: Tensor, condition: str, seed: int) -> tuple[Tensor, Tensor]:
         gains[:, 0::2] = torch.empty(b, 2).uniform_(0.85, 1.15, generator=g)
         rad = rad * gains.view(b, 3, 1, 1).to(x)
     elif condition == "noise":
-        sigma = (0.004 * rad.clamp(0, 1) + 0.005**2).sqrt()
+        sigma = (0.0004 * rad.clamp(0, 1) + 0.002**2).sqrt()
         rad = rad + sigma * torch.randn(rad.shape, generator=g).to(x)
     elif condition == "vignetting":
         rad = rad * vignette(x.shape[2], x.shape[3]).to(x)
