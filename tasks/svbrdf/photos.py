@@ -96,9 +96,9 @@ def render_grid(images: Tensor, cols: int = 5) -> Tensor:
 
 
 #: a flash photo of a flat sample falls off from its centre as the flash's cos^3 (and its highlight adds to that),
-#: and its blurred brightest spot lies near the centre. `python -m tasks.svbrdf.photos` measures both on 64 val
-#: materials at 128 px and on the same materials lit by 4 lamps around them (no flash): the thresholds flag 1 of the
-#: 64 flash photos (1.6 %: a texture darker in the middle) and 59 of the 64 lamp-lit ones (92 %)
+#: and its blurred brightest spot lies near the centre. `python benchmarks/svbrdf_flash_check.py` measures both on
+#: 64 val materials at 128 px and on the same materials lit by 4 lamps around them (no flash): the thresholds flag 1
+#: of the 64 flash photos (1.6 %: a texture darker in the middle) and 59 of the 64 lamp-lit ones (92 %)
 FALLOFF_SLOPE, HIGHLIGHT_OFFSET = 0.5, 0.35
 
 
@@ -132,25 +132,3 @@ def flash_warnings(y: Tensor, path: Path | str) -> list[str]:
         out.append(f"photo {path}: the highlight is {offset:.0%} of the width from the centre (expected within "
                    f"{HIGHLIGHT_OFFSET:.0%}): hold the phone parallel to the sample with the flash over its centre")
     return out
-
-
-def validation_margins(n: int = 64, size: int = 128) -> str:
-    """How often the thresholds flag validation flash photos, and the same materials lit by 4 lamps around them."""
-    from feedback_solver.config import load_config
-    from tasks.svbrdf.task import SVBRDFTask
-
-    task = SVBRDFTask(load_config(SVBRDFTask, [f"task.size={size}", f"task.crop={size}", "task.exposure=nominal"]))
-    batch = task.sample(n, "val", 0)
-    lamps = torch.tensor([[[3.0, 0, 2.4], [-3.0, 0, 2.4], [0, 3.0, 2.4], [0, -3.0, 2.4]]])
-    lit = render.to_photo(2 * render.shade(batch.x, lamps, render.camera_position(1).expand(1, 4, 3)).mean(1))
-    lines = []
-    for name, ys in (("flash photos", batch.y), ("lamp-lit photos", lit)):
-        flagged = sum(bool(flash_warnings(ys[i:i + 1], "")) for i in range(n))
-        slope, offset = torch.tensor([highlight(ys[i:i + 1]) for i in range(n)]).T
-        lines.append(f"{name}: {flagged} of {n} flagged; slope min {slope.min():.2f}, 5th percentile "
-                     f"{slope.quantile(0.05):.2f}; offset max {offset.max():.2f}")
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(validation_margins())
