@@ -101,7 +101,7 @@ class SVBRDFTask(Task):
             raise ValueError(f"a solver trained on {self.inputs} photos needs {self.inputs} photos per material")
         ctx = {k: v for k, v in batch.ctx.items() if k != "exposure"}  # photos at the true exposure, then the estimate
         y = self.forward(batch.x, ctx)
-        return Batch(y, batch.x, self.calibrate(y, ctx))
+        return Batch(y, batch.x, self.calibrate(y, ctx, unknown="exposure_true" in ctx))
 
     # --- data ------------------------------------------------------------------------------------
     def sample(self, n: int, split: str, seed: int) -> Batch:
@@ -121,13 +121,15 @@ class SVBRDFTask(Task):
             y, ctx["exposure_true"] = capture.degrade(x, condition, seed)
         else:
             y = self.forward(x, ctx)
-        return Batch(y, x, self.calibrate(y, ctx))
+        return Batch(y, x, self.calibrate(y, ctx, unknown=bool(condition)))
 
-    def calibrate(self, y: Tensor, ctx: dict[str, Any]) -> dict[str, Any]:
+    def calibrate(self, y: Tensor, ctx: dict[str, Any], unknown: bool = True) -> dict[str, Any]:
         """The photo's exposure (`task.exposure: estimate`, capture.estimate_exposure) into ctx, where the forward
-        model, the U-Net's input and the render metrics read it; `nominal`, and the multi-photo model (its nets lose
-        7 % render RMSE on normalised photos), keep the training flash."""
-        if self.inputs != 1 or str(self.cfg.task.get("exposure", "nominal")) != "estimate":
+        model, the U-Net's input and the render metrics read it. `auto` estimates it where it is `unknown` (a user's
+        photo, a capture condition) and keeps the training flash for the renderer's own photos; `nominal` never
+        estimates it, nor does the multi-photo model (its nets lose 7 % render RMSE on normalised photos)."""
+        mode = str(self.cfg.task.get("exposure", "auto"))
+        if self.inputs != 1 or mode == "nominal" or (mode == "auto" and not unknown):
             return ctx
         return ctx | {"exposure": capture.estimate_exposure(y)}
 
