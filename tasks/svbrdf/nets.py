@@ -15,8 +15,8 @@ from tasks.svbrdf.layout import CHANNELS, MIN_ROUGHNESS, NORMAL, ROUGHNESS
 
 
 def channels_last(t: Tensor) -> Tensor:
-    """Activations in channels-last order: with the weights so too (`to_channels_last`), oneDNN's convolutions and
-    the ConvGRUs' elementwise gates run faster here (benchmarks/svbrdf_speed), same values."""
+    """Activations in channels-last order, as the weights (`to_channels_last`): the memory order oneDNN's CPU
+    convolutions prefer; same values."""
     return t.contiguous(memory_format=torch.channels_last)
 
 

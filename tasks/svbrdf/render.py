@@ -106,68 +106,62 @@ def flash_geometry(h: int, w: int, device: torch.device | None, dtype: torch.dty
     return to_c / dist2.sqrt(), dist2
 
 
-def flash_shade(x: Tensor, intensity: float | Tensor = FLASH_INTENSITY) -> Tensor:
-    """`shade` with light and view at the camera, in closed form: l = v = h, so v.h = 1 and Fresnel is F0, and one dot
-    product n.l serves every cosine; (B, 3, H, W), equal to `shade(x, cam, cam)[:, 0]` to float rounding and
-    cheaper to evaluate and to differentiate. `intensity`: a scalar or one per sample (B,)."""
-    l, dist2 = flash_geometry(x.shape[2], x.shape[3], x.device, x.dtype)  # noqa: E741
-    kd = x[:, DIFFUSE].clamp(0, 1).pow(GAMMA)
-    ks = x[:, SPECULAR].clamp(0, 1).pow(GAMMA)
-    alpha = x[:, ROUGHNESS].clamp(MIN_ROUGHNESS, 1).pow(2)
-    nxy = x[:, NORMAL].clamp(-1, 1)
-    n_l = (nxy[:, :1] * l[0] + nxy[:, 1:] * l[1] + l[2]) * (nxy * nxy).sum(1, keepdim=True).add(1).rsqrt()
-    a2 = alpha * alpha
-    n_h = n_l.clamp(0, 1)
-    d = a2 / (math.pi * (n_h * n_h * (a2 - 1) + 1).pow(2))
-    k = alpha / 2
-    cos = n_l.clamp_min(EPS)
-    g = (cos / (cos * (1 - k) + k)).pow(2)
-    brdf = kd / math.pi + d * g * ks / (4 * cos * cos)
-    if isinstance(intensity, Tensor):
-        intensity = intensity.view(-1, 1, 1, 1)
-    return brdf * intensity * n_l.clamp_min(0) / dist2
-
-
-def flash_energy_gradient(x: Tensor, y: Tensor, intensity: float | Tensor = FLASH_INTENSITY) -> tuple[Tensor, Tensor]:
-    """The gradient with respect to the maps of E = mean((flash_photo(x) - y)^2) per sample, by hand: the chain rule
-    through `flash_shade` and `to_photo` written out (clamps pass the gradient at their bounds, as torch's do), about
-    3x cheaper than autograd's pass over the same graph. Returns (dE/dx (B, 9, H, W), the photo (B, 3, H, W))."""
+def flash_terms(x: Tensor, intensity: float | Tensor) -> dict[str, Tensor]:
+    """The closed-form flash render's intermediate terms (l = v = h: Fresnel is F0, one dot product n.l serves every
+    cosine, and Smith's G / cos^2 is w^2), shared by the render and its hand-written gradient."""
     l, dist2 = flash_geometry(x.shape[2], x.shape[3], x.device, x.dtype)  # noqa: E741
     intensity = intensity.view(-1, 1, 1, 1) if isinstance(intensity, Tensor) else intensity
     xd, xs = x[:, DIFFUSE].clamp(0, 1), x[:, SPECULAR].clamp(0, 1)
-    kd, ks = xd.pow(GAMMA), xs.pow(GAMMA)
     r = x[:, ROUGHNESS].clamp(MIN_ROUGHNESS, 1)
-    alpha = r * r
     nxy = x[:, NORMAL].clamp(-1, 1)
     s = (nxy * nxy).sum(1, keepdim=True).add(1).rsqrt()
     n_l = (nxy[:, :1] * l[0] + nxy[:, 1:] * l[1] + l[2]) * s
+    alpha = r * r
     a2, k = alpha * alpha, alpha / 2
     n_h = n_l.clamp(0, 1)
     t = n_h * n_h * (a2 - 1) + 1
     d = a2 / (math.pi * t * t)
     cos = n_l.clamp_min(EPS)
-    w = (cos * (1 - k) + k).reciprocal()  # G / cos^2 = w^2, so the specular term is d w^2 / 4
+    w = (cos * (1 - k) + k).reciprocal()
     spec = d * w * w / 4
+    kd, ks = xd.pow(GAMMA), xs.pow(GAMMA)
     c = intensity * n_l.clamp_min(0) / dist2
     brdf = kd / math.pi + spec * ks
-    rad = brdf * c
+    return dict(l=l, dist2=dist2, intensity=intensity, xd=xd, xs=xs, r=r, nxy=nxy, s=s, n_l=n_l, alpha=alpha, a2=a2,
+                k=k, n_h=n_h, t=t, d=d, cos=cos, w=w, spec=spec, ks=ks, c=c, brdf=brdf, rad=brdf * c)
+
+
+def flash_shade(x: Tensor, intensity: float | Tensor = FLASH_INTENSITY) -> Tensor:
+    """`shade` with light and view at the camera, in closed form (`flash_terms`): (B, 3, H, W), equal to
+    `shade(x, cam, cam)[:, 0]` to float rounding and cheaper to evaluate and to differentiate. `intensity`: a scalar
+    or one per sample (B,)."""
+    return flash_terms(x, intensity)["rad"]
+
+
+def flash_energy_gradient(x: Tensor, y: Tensor, intensity: float | Tensor = FLASH_INTENSITY) -> tuple[Tensor, Tensor]:
+    """The gradient with respect to the maps of E = mean((flash_photo(x) - y)^2) per sample, by hand: the chain rule
+    through `flash_terms` and `to_photo` written out (clamps pass the gradient at their bounds, as torch's do),
+    instead of autograd's pass over the same graph. Returns (dE/dx (B, 9, H, W), the photo (B, 3, H, W))."""
+    f = flash_terms(x, intensity)
+    rad, c, spec, n_l, n_h, t, d, w, a2 = (f[k] for k in ("rad", "c", "spec", "n_l", "n_h", "t", "d", "w", "a2"))
     photo = to_photo(rad)
     live = (rad >= 1e-8) & (rad <= 1)
     g_rad = torch.where(live, 2 * (photo - y) / y[0].numel() * photo / (GAMMA * rad.clamp_min(1e-8)), 0)
     g_kd = g_rad * c / math.pi
     g_ks = g_rad * c * spec
-    g_spec = (g_rad * ks).sum(1, keepdim=True) * c
-    g_c = (g_rad * brdf).sum(1, keepdim=True)
+    g_spec = (g_rad * f["ks"]).sum(1, keepdim=True) * c
+    g_c = (g_rad * f["brdf"]).sum(1, keepdim=True)
     # spec(alpha, n_l): d through a2 and n_h, w through k and cos
     dd_da2 = (t - 2 * a2 * n_h * n_h) / (math.pi * t * t * t)
-    dspec_dalpha = dd_da2 * 2 * alpha * w * w / 4 - d * w * w * w * (1 - cos) / 4
+    dspec_dalpha = dd_da2 * 2 * f["alpha"] * w * w / 4 - d * w * w * w * (1 - f["cos"]) / 4
     dd_dnh = -4 * a2 * n_h * (a2 - 1) / (math.pi * t * t * t)
-    dspec_dnl = (dd_dnh * w * w / 4) * ((n_l >= 0) & (n_l <= 1)) - (d * w * w * w * (1 - k) / 2) * (n_l >= EPS)
-    g_nl = g_spec * dspec_dnl + g_c * intensity / dist2 * (n_l >= 0)
+    dspec_dnl = (dd_dnh * w * w / 4) * ((n_l >= 0) & (n_l <= 1)) - (d * w * w * w * (1 - f["k"]) / 2) * (n_l >= EPS)
+    g_nl = g_spec * dspec_dnl + g_c * f["intensity"] / f["dist2"] * (n_l >= 0)
+    l, s, nxy = f["l"], f["s"], f["nxy"]  # noqa: E741
     g_x = torch.empty_like(x)
-    g_x[:, DIFFUSE] = g_kd * GAMMA * xd.pow(GAMMA - 1) * inside(x[:, DIFFUSE], 0, 1)
-    g_x[:, SPECULAR] = g_ks * GAMMA * xs.pow(GAMMA - 1) * inside(x[:, SPECULAR], 0, 1)
-    g_x[:, ROUGHNESS] = g_spec * dspec_dalpha * 2 * r * inside(x[:, ROUGHNESS], MIN_ROUGHNESS, 1)
+    g_x[:, DIFFUSE] = g_kd * GAMMA * f["xd"].pow(GAMMA - 1) * inside(x[:, DIFFUSE], 0, 1)
+    g_x[:, SPECULAR] = g_ks * GAMMA * f["xs"].pow(GAMMA - 1) * inside(x[:, SPECULAR], 0, 1)
+    g_x[:, ROUGHNESS] = g_spec * dspec_dalpha * 2 * f["r"] * inside(x[:, ROUGHNESS], MIN_ROUGHNESS, 1)
     g_x[:, NORMAL] = g_nl * s * (torch.cat([l[0:1], l[1:2]]) - n_l * s * nxy) * inside(x[:, NORMAL], -1, 1)
     return g_x, photo
 

@@ -78,7 +78,7 @@ class SVBRDFTask(Task):
         return render.to_photo(render.shade(x, pos, pos, flash_intensity(ctx, x))).flatten(1, 2)
 
     def energy_gradient(self, x: Tensor, y_obs: Tensor, ctx: dict[str, Any]) -> tuple[Tensor, Tensor] | None:
-        """The flash photo's gradient in closed form (render.flash_energy_gradient), 3x cheaper than autograd's."""
+        """The flash photo's gradient in closed form (render.flash_energy_gradient), instead of autograd's pass."""
         if self.inputs != 1:
             return None
         grad, photo = render.flash_energy_gradient(x, y_obs, flash_intensity(ctx, x))
@@ -127,7 +127,7 @@ class SVBRDFTask(Task):
         """The photo's exposure (`task.exposure: estimate`, capture.estimate_exposure) into ctx, where the forward
         model, the U-Net's input and the render metrics read it. `auto` estimates it where it is `unknown` (a user's
         photo, a capture condition) and keeps the training flash for the renderer's own photos; `nominal` never
-        estimates it, nor does the multi-photo model (its nets lose 7 % render RMSE on normalised photos)."""
+        estimates it, nor does the multi-photo model (its nets, trained on raw photos, did worse on normalised ones)."""
         mode = str(self.cfg.task.get("exposure", "auto"))
         if self.inputs != 1 or mode == "nominal" or (mode == "auto" and not unknown):
             return ctx
@@ -153,8 +153,7 @@ class SVBRDFTask(Task):
         `exposure` (B,) scales the light (the answer's estimated exposure over the photo's true one)."""
         t = self.cfg.task
         light, view = render.quad_pairs(int(t.eval_pairs), int(t.eval_seed), x.device)
-        intensity = render.FLASH_INTENSITY if exposure is None else render.FLASH_INTENSITY * exposure.to(x)
-        return render.to_photo(render.shade(x, light, view, intensity))  # (1, K, 3): the geometry once per batch
+        return render.to_photo(render.shade(x, light, view, intensity(exposure, x)))  # (1, K, 3): geometry once a batch
 
     @staticmethod
     def relative_exposure(ctx: dict[str, Any] | None) -> Tensor | None:
@@ -263,7 +262,11 @@ class SVBRDFTask(Task):
 
 def flash_intensity(ctx: dict[str, Any], x: Tensor) -> float | Tensor:
     """The flash's intensity per photo: the nominal one times `ctx["exposure"]` (B,) where a solve estimated it."""
-    exposure = ctx.get("exposure")
+    return intensity(ctx.get("exposure"), x)
+
+
+def intensity(exposure: Tensor | None, x: Tensor) -> float | Tensor:
+    """The nominal flash intensity, times an exposure per sample (B,) where one is given."""
     return render.FLASH_INTENSITY if exposure is None else render.FLASH_INTENSITY * exposure.to(x)
 
 

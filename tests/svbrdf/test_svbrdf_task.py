@@ -169,9 +169,11 @@ def test_the_curve_metric_agrees_with_the_report_metric_at_every_state(task):
     for x, got in zip(xs, curve):
         torch.testing.assert_close(got, task.render_metrics(x, batch.x, lpips=False)["render_rmse"])
     assert float(curve[0].max()) < 1e-6 < float(curve[1].min())
-    at_exposure = task.curve_metric(xs, batch.x, batch.ctx, "render_rmse")  # at the estimated exposure
+    exposed = batch.ctx | {"exposure": torch.full((6,), 0.7)}  # an answer at an estimated exposure
+    at_exposure = task.curve_metric(xs, batch.x, exposed, "render_rmse")
     for x, got in zip(xs, at_exposure):
-        torch.testing.assert_close(got, task.render_metrics(x, batch.x, lpips=False, ctx=batch.ctx)["render_rmse"])
+        torch.testing.assert_close(got, task.render_metrics(x, batch.x, lpips=False, ctx=exposed)["render_rmse"])
+    assert float(at_exposure[0].min()) > 1e-3  # the truth at the wrong exposure is not the truth
 
 
 def write_png(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:
